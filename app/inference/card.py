@@ -1,0 +1,80 @@
+"""The model card: everything the service needs to serve an ONNX file, and its provenance.
+
+A card lives beside each model as ``card.json``. Training writes it (``training/export.py``),
+the service reads it; both go through this one schema, so a card the service would reject is
+never written. Unknown keys are refused rather than ignored.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.imaging.intensity import NormalisationSpec
+
+Modality = Literal["ct", "mr", "xray"]
+
+CARD_FILENAME = "card.json"
+CARD_SCHEMA_VERSION = 1
+
+
+class TensorSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    layout: Literal["NCHW"] = "NCHW"
+    dtype: Literal["float32"] = "float32"
+    channels: int = 1
+
+
+class NoiseModelSpec(BaseModel):
+    """The noise the model was trained to remove, in the modality's own terms."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: str = Field(description="e.g. ct_projection_poisson, rician, poisson_gaussian")
+    description: str
+    parameter: str = Field(description="the quantity that sets the noise level, with units")
+    train_range: tuple[float, float]
+    default_level: float
+    evaluation_levels: dict[str, float] = Field(default_factory=dict)
+
+
+class ModelCard(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+    schema_version: int = CARD_SCHEMA_VERSION
+    id: str = Field(description="unique model id, e.g. ct-unet")
+    modality: Modality
+    architecture: str
+    version: str
+    default: bool = Field(description="served when a request names no model for this modality")
+    file: str = "model.onnx"
+    sha256: str
+    parameters: int
+    input: TensorSpec
+    output: TensorSpec
+    spatial_multiple: int = Field(ge=1, description="H and W must be multiples of this (pad, then crop)")
+    receptive_field: int = Field(ge=1, description="pixels; tiles overlap by at least half of it")
+    normalisation: NormalisationSpec
+    noise_model: NoiseModelSpec
+    training_data: dict[str, Any]
+    training_config: dict[str, Any]
+    validation_metrics: dict[str, Any]
+    test_metrics: dict[str, Any] = Field(default_factory=dict)
+    code_version: str
+    command: str
+    created: str
+
+
+def read_card(model_dir: Path) -> ModelCard:
+    return ModelCard.model_validate(json.loads((model_dir / CARD_FILENAME).read_text()))
+
+
+def write_card(model_dir: Path, card: ModelCard) -> Path:
+    path = model_dir / CARD_FILENAME
+    path.write_text(json.dumps(card.model_dump(mode="json"), indent=2) + "\n")
+    return path
