@@ -87,3 +87,30 @@ def ssim(reference: np.ndarray, test: np.ndarray, data_range: float) -> float:
     pad = (_SSIM_WINDOW - 1) // 2
     values = ssim_map(reference, test, data_range)
     return float(values[pad:-pad, pad:-pad].mean())
+
+
+def reference_data_range(reference: np.ndarray, fixed_window_width: float | None = None) -> float:
+    """The data range reference metrics are quoted against.
+
+    Where the units are absolute (CT in HU) this is the width of the model's fixed window, so
+    numbers compare across images; elsewhere the reference image's own range (max - min).
+    """
+    if fixed_window_width is not None:
+        return _check_range(fixed_window_width)
+    span = float(np.max(reference) - np.min(reference))
+    return span if span > 0 else 1.0
+
+
+def data_range_for(reference: np.ndarray, fixed_window_width: float | None = None) -> float:
+    """The data range reference metrics use, in the image's units.
+
+    With a fixed window (the CT cards: a window in HU), its width: the same HU error then gives
+    the same PSNR on every image, whatever that image happens to contain. Without one (MR and
+    X-ray, normalised per image), the reference image's own range, max - min, as scikit-image
+    does for float images; 1.0 for a flat reference so the metrics stay finite.
+    """
+    if fixed_window_width is not None:
+        return _check_range(fixed_window_width)
+    ref = np.asarray(reference, dtype=np.float64)
+    spread = float(ref.max() - ref.min()) if ref.size else 0.0
+    return spread if spread > 0 else 1.0
