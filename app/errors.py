@@ -1,0 +1,68 @@
+"""Domain errors raised by the inner layers (imaging, inference, quality).
+
+Each error carries a short machine-readable ``code`` and a ``detail`` sentence written for the
+person who sent the request: what was wrong and how to fix it. Only ``app/api/errors.py`` turns
+them into HTTP responses, so the status code of every failure is decided in one place. The
+detail never quotes library exception text, which can carry file contents or internals.
+"""
+
+from __future__ import annotations
+
+
+class DenoiseError(Exception):
+    """Base of every error a client can cause or the service reports by name."""
+
+    code = "denoise_error"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class InvalidImage(DenoiseError):
+    """The bytes are not a readable image: not an image at all, truncated or corrupt."""
+
+    code = "invalid_image"
+
+
+class UnsupportedImage(DenoiseError):
+    """A readable image of a kind the service does not denoise (colour, palette, 1-bit ...)."""
+
+    code = "unsupported_image"
+
+
+class MissingPixelData(DenoiseError):
+    """A DICOM object without an image in it (a report, a plan, a structured document)."""
+
+    code = "missing_pixel_data"
+
+
+class ImageTooLarge(DenoiseError):
+    """The upload is larger than the configured byte or pixel limit."""
+
+    code = "image_too_large"
+
+
+class UnknownModality(DenoiseError):
+    code = "unknown_modality"
+
+
+class ModelNotFound(DenoiseError):
+    code = "unknown_model"
+
+
+class ModelUnavailable(DenoiseError):
+    """The request is valid but no loaded model can serve it (not loaded, checksum mismatch ...)."""
+
+    code = "model_unavailable"
+
+
+class InvalidRequest(DenoiseError):
+    """A request field is missing, inconsistent with the image, or not supported by the model."""
+
+    code = "invalid_request"
+
+    def __init__(self, detail: str, code: str | None = None) -> None:
+        super().__init__(detail)
+        if code is not None:
+            self.code = code
