@@ -1,0 +1,73 @@
+"""The decoded image every codec produces and consumes, and the stored <-> physical mapping.
+
+Pixels travel through the service in the modality's own units (CT: Hounsfield units) as float64,
+frame by frame. The codec that decoded an image keeps what it needs to write it back the same
+way (bit depth, signedness, rescale, DICOM header) in ``meta``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from app.inference.card import Modality
+
+ImageFormat = Literal["png", "dicom"]
+
+
+@dataclass(frozen=True)
+class StoredRange:
+    """How raw values are stored and how they map to physical units: ``unit = slope * v + intercept``.
+
+    This is DICOM's linear modality LUT (PS3.3 C.11.1, Rescale Slope / Rescale Intercept); PNG
+    images get one too, from the documented defaults or the request's override.
+    """
+
+    bits_stored: int
+    signed: bool
+    slope: float = 1.0
+    intercept: float = 0.0
+
+    @property
+    def min_stored(self) -> int:
+        return -(1 << (self.bits_stored - 1)) if self.signed else 0
+
+    @property
+    def max_stored(self) -> int:
+        return (1 << (self.bits_stored - 1)) - 1 if self.signed else (1 << self.bits_stored) - 1
+
+    def to_units(self, stored: np.ndarray) -> np.ndarray:
+        return np.asarray(stored, dtype=np.float64) * self.slope + self.intercept
+
+    def to_stored(self, units: np.ndarray, dtype: np.dtype[Any]) -> np.ndarray:
+        """Inverse of :meth:`to_units`, rounded to the nearest value and clipped to the stored range."""
+        stored = np.rint((np.asarray(units, dtype=np.float64) - self.intercept) / self.slope)
+        return np.clip(stored, self.min_stored, self.max_stored).astype(dtype)
+
+    def units_range(self) -> tuple[float, float]:
+        """The physical values the stored range can express (low, high)."""
+        ends = (self.to_units(np.array(self.min_stored)), self.to_units(np.array(self.max_stored)))
+        return float(min(ends)), float(max(ends))
+
+
+@dataclass(frozen=True)
+class Image:
+    """``frames``: (frames, rows, columns) float64 in ``units``, MONOCHROME2 orientation."""
+
+    frames: np.ndarray
+    format: ImageFormat
+    modality: Modality | None
+    units: str
+    stored: StoredRange
+    meta: Any = None
+
+    @property
+    def pixel_count(self) -> int:
+        return int(self.frames.size)
+
+    def with_frames(self, frames: np.ndarray) -> "Image":
+        if frames.shape != self.frames.shape:
+            raise ValueError(f"frames shape {frames.shape} differs from {self.frames.shape}")
+        return Image(frames, self.format, self.modality, self.units, self.stored, self.meta)
