@@ -1,0 +1,254 @@
+"""The model registry: every model under the models folder, checked and loaded once at start-up.
+
+For each ``<modality>/<model>/card.json`` the registry validates the card, checks that the card
+sits in its modality's folder, hashes ``model.onnx`` against ``card.sha256`` and builds one ONNX
+Runtime session from the very bytes it hashed. A model failing any check is not served; it is
+listed with the reason (``/v1/models``, ``/readyz``) instead of stopping the service.
+
+Execution providers are requested in the order TensorRT, CUDA, CPU. ONNX Runtime silently falls
+back to the next one when a provider cannot start (missing CUDA libraries, for instance), so the
+provider each session really got is read back from ``session.get_providers()`` and logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnxruntime as ort
+from pydantic import ValidationError
+
+from app.errors import ModelNotFound, ModelUnavailable
+from app.inference.card import CARD_FILENAME, Modality, ModelCard, read_card
+from app.settings import PROVIDER_ORDER, ProviderName, Settings
+
+logger = logging.getLogger(__name__)
+
+ORT_PROVIDERS: dict[ProviderName, str] = {
+    "tensorrt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+_GPU_PROVIDERS = {"tensorrt", "cuda"}
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    card: ModelCard
+    session: ort.InferenceSession
+    providers: tuple[str, ...]  # as the session reports them, the one used first
+    path: Path
+
+    @property
+    def execution_provider(self) -> str:
+        return self.providers[0]
+
+
+@dataclass(frozen=True)
+class UnservedModel:
+    path: str  # relative to the models folder
+    reason: str
+    model_id: str | None = None
+
+
+@dataclass
+class ModelRegistry:
+    models_dir: Path
+    requested_providers: tuple[str, ...]
+    models: dict[str, LoadedModel] = field(default_factory=dict)
+    unserved: list[UnservedModel] = field(default_factory=list)
+
+    def modalities(self) -> list[str]:
+        return sorted({m.card.modality for m in self.models.values()})
+
+    def resolve(self, modality: Modality, name: str | None) -> LoadedModel:
+        """The model for ``modality`` named by id or architecture, or the modality's default."""
+        candidates = [m for m in self.models.values() if m.card.modality == modality]
+        if name is None:
+            return self._default(modality, candidates)
+        for model in candidates:
+            if name in (model.card.id, model.card.architecture):
+                return model
+        other = self.models.get(name)
+        if other is not None:
+            raise ModelNotFound(
+                f"Model '{name}' denoises {other.card.modality}, not {modality}; choose one of "
+                f"{_names(candidates)} or leave 'model' out."
+            )
+        unserved = next((u for u in self.unserved if u.model_id == name), None)
+        if unserved is not None:
+            raise ModelUnavailable(f"Model '{name}' is not being served: {unserved.reason}.")
+        raise ModelNotFound(
+            f"No model '{name}' for {modality}; choose one of {_names(candidates)} (id or "
+            "architecture) or leave 'model' out for the default."
+        )
+
+    def _default(self, modality: Modality, candidates: list[LoadedModel]) -> LoadedModel:
+        if not candidates:
+            served = ", ".join(self.modalities()) or "none"
+            raise ModelUnavailable(
+                f"No model for {modality} is loaded (modalities served: {served}); see /v1/models."
+            )
+        defaults = [m for m in candidates if m.card.default]
+        if defaults:
+            return defaults[0]
+        if len(candidates) == 1:
+            return candidates[0]
+        raise ModelNotFound(
+            f"No default model is marked for {modality}; name one of {_names(candidates)}."
+        )
+
+
+def _names(models: list[LoadedModel]) -> str:
+    return ", ".join(sorted(m.card.id for m in models)) or "(none loaded)"
+
+
+def select_providers(settings: Settings) -> tuple[str, ...]:
+    """ORT provider names to request, in priority order, warning about GPUs that are missing."""
+    available = set(ort.get_available_providers())
+    requested = settings.requested_providers()
+    if requested is None:  # auto: everything this build has, fastest first
+        chosen = tuple(ORT_PROVIDERS[n] for n in PROVIDER_ORDER if ORT_PROVIDERS[n] in available)
+        logger.info("execution providers (auto): %s", ", ".join(chosen))
+        return chosen
+    chosen = []
+    for name in requested:
+        provider = ORT_PROVIDERS[name]
+        if provider in available:
+            chosen.append(provider)
+        elif name in _GPU_PROVIDERS:
+            logger.warning(
+                "!!! GPU execution provider %s was requested but this onnxruntime build does not "
+                "offer it (available: %s). Install the GPU runtime (pip install -e '.[gpu]', "
+                "without the CPU wheel) or drop it from DENOISE_PROVIDERS. !!!",
+                provider,
+                ", ".join(sorted(available)),
+            )
+    if not chosen:
+        logger.warning("!!! none of the requested providers is available; falling back to CPU !!!")
+        chosen.append(ORT_PROVIDERS["cpu"])
+    return tuple(chosen)
+
+
+def session_options(settings: Settings) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = settings.intra_op_threads
+    options.inter_op_num_threads = settings.inter_op_threads
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3  # ORT's own warnings would repeat what we log below
+    return options
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class _Refused(Exception):
+    """A model that will not be served, with the reason (and its id once the card is read)."""
+
+    def __init__(self, reason: str, model_id: str | None = None) -> None:
+        super().__init__(reason)
+        self.model_id = model_id
+
+
+def _check_card(card: ModelCard, card_dir: Path, models_dir: Path) -> None:
+    relative = card_dir.relative_to(models_dir)
+    if relative.parts[0] != card.modality:
+        raise _Refused(f"card says modality {card.modality} but it sits under {relative.parts[0]}/")
+    if card.input.channels != 1 or card.output.channels != 1:
+        raise _Refused("only single-channel models are supported")
+
+
+def _check_session(card: ModelCard, session: ort.InferenceSession) -> None:
+    inputs = [i.name for i in session.get_inputs()]
+    outputs = [o.name for o in session.get_outputs()]
+    if inputs != [card.input.name]:
+        raise _Refused(f"ONNX inputs {inputs} differ from the card's input '{card.input.name}'")
+    if card.output.name not in outputs:
+        raise _Refused(f"ONNX outputs {outputs} lack the card's output '{card.output.name}'")
+
+
+def _load_one(
+    card_dir: Path, settings: Settings, providers: tuple[str, ...], options: ort.SessionOptions
+) -> LoadedModel:
+    card = read_card(card_dir)
+    try:
+        return _build(card, card_dir, settings, providers, options)
+    except _Refused as refused:
+        raise _Refused(str(refused), card.id) from refused.__cause__
+
+
+def _build(
+    card: ModelCard, card_dir: Path, settings: Settings, providers: tuple[str, ...], options: ort.SessionOptions
+) -> LoadedModel:
+    _check_card(card, card_dir, settings.models_dir)
+    model_path = card_dir / card.file
+    if not model_path.is_file():
+        raise _Refused(f"{card.file} is missing")
+    data = model_path.read_bytes()
+    digest = sha256_hex(data)
+    if digest != card.sha256.lower():
+        raise _Refused(f"checksum mismatch: {card.file} has sha256 {digest}, the card says {card.sha256}")
+    try:
+        session = ort.InferenceSession(data, sess_options=options, providers=list(providers))
+    except Exception as error:  # ORT raises its own types; the model is refused, not the service
+        raise _Refused(f"ONNX Runtime could not load it ({type(error).__name__})") from error
+    _check_session(card, session)
+    return LoadedModel(card=card, session=session, providers=tuple(session.get_providers()), path=model_path)
+
+
+def _report(model: LoadedModel, requested: tuple[str, ...]) -> None:
+    logger.info(
+        "loaded model %s (%s/%s) on %s", model.card.id, model.card.modality,
+        model.card.architecture, model.execution_provider,
+    )
+    if requested[0] != model.execution_provider and requested[0] != ORT_PROVIDERS["cpu"]:
+        logger.warning(
+            "!!! model %s asked for %s but its session runs on %s: the GPU provider failed to "
+            "start (check the CUDA / TensorRT libraries) !!!",
+            model.card.id, requested[0], model.execution_provider,
+        )
+
+
+def load_registry(settings: Settings) -> ModelRegistry:
+    providers = select_providers(settings)
+    registry = ModelRegistry(models_dir=settings.models_dir, requested_providers=providers)
+    options = session_options(settings)
+    root = settings.models_dir
+    card_dirs = sorted(p.parent for p in root.rglob(CARD_FILENAME))
+    for onnx_path in sorted(root.rglob("*.onnx")):
+        if not (onnx_path.parent / CARD_FILENAME).is_file():
+            registry.unserved.append(UnservedModel(str(onnx_path.relative_to(root)), "no card.json beside it"))
+    for card_dir in card_dirs:
+        relative = str(card_dir.relative_to(root))
+        try:
+            model = _load_one(card_dir, settings, providers, options)
+        except ValidationError as error:
+            fields = ", ".join(".".join(map(str, e["loc"])) for e in error.errors())
+            registry.unserved.append(UnservedModel(relative, f"card.json is invalid ({fields})"))
+            continue
+        except (OSError, ValueError) as error:
+            registry.unserved.append(UnservedModel(relative, f"card.json unreadable ({type(error).__name__})"))
+            continue
+        except _Refused as refused:
+            registry.unserved.append(UnservedModel(relative, str(refused), refused.model_id))
+            continue
+        if model.card.id in registry.models:
+            registry.unserved.append(UnservedModel(relative, "duplicate model id", model.card.id))
+            continue
+        registry.models[model.card.id] = model
+        _report(model, providers)
+    for item in registry.unserved:
+        logger.warning("model %s not served: %s", item.path, item.reason)
+    _warn_defaults(registry)
+    return registry
+
+
+def _warn_defaults(registry: ModelRegistry) -> None:
+    for modality in registry.modalities():
+        defaults = [m.card.id for m in registry.models.values() if m.card.modality == modality and m.card.default]
+        if len(defaults) > 1:
+            logger.warning("several default models for %s (%s); serving %s", modality, defaults, defaults[0])

@@ -1,0 +1,133 @@
+"""Run a model on an image of any size in overlapping tiles, blended without seams.
+
+The plan, for one axis of length ``n`` (already padded to a multiple of ``multiple``):
+
+* tiles of length ``tile`` start at multiples of ``multiple``: a U-Net's pooling grid then falls
+  on the same pixels in every tile as in the whole image, so tile outputs agree with it;
+* each tile discards a ``margin`` of ceil(receptive_field / 2) pixels on the sides that face
+  another tile: those pixels saw the tile's edge instead of the image, so they differ from a
+  whole-image run;
+* next to the margin, a raised-cosine ramp of ``blend`` pixels fades one tile into the next
+  (sin^2 + cos^2 = 1), hiding any small difference that remains; at the image border the
+  weight is 1, so the image's own border handling is kept;
+* the output is the weighted sum divided by the sum of weights, so tiles that overlap more than
+  the minimum (the last one is shifted back to end at the border) still average correctly.
+
+Memory stays bounded: at most ``batch`` tiles are in flight, plus two float32 accumulators of
+the image's size.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+# Takes a float32 batch (N, 1, h, w), returns one of the same shape.
+BatchFunction = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    tile: int  # tile length, a multiple of ``multiple``
+    margin: int  # pixels discarded on a side that faces another tile
+    blend: int  # raised-cosine ramp length after the margin
+    multiple: int  # spatial multiple the model needs (U-Net: 2 ** depth)
+    batch: int = 4
+
+    @classmethod
+    def for_model(
+        cls, tile_size: int, receptive_field: int, blend: int, multiple: int, batch: int
+    ) -> "TilePlan":
+        """A plan honouring the model's needs; the tile grows if the margins would not fit."""
+        margin = math.ceil(receptive_field / 2)
+        overlap = 2 * margin + blend
+        # A stride (tile - overlap) of at least half a tile and at least one spatial multiple.
+        tile = max(tile_size, 2 * overlap, overlap + multiple)
+        return cls(round_up(tile, multiple), margin, blend, multiple, batch)
+
+    @property
+    def overlap(self) -> int:
+        return 2 * self.margin + self.blend
+
+    @property
+    def stride(self) -> int:
+        # Rounded down to the multiple so every tile start stays on the pooling grid.
+        return max(self.multiple, (self.tile - self.overlap) // self.multiple * self.multiple)
+
+
+def round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def tile_starts(length: int, tile: int, stride: int) -> list[int]:
+    """Starts covering [0, length); the last tile ends exactly at ``length``."""
+    if length <= tile:
+        return [0]
+    starts = list(range(0, length - tile, stride))
+    starts.append(length - tile)
+    return starts
+
+
+def axis_weights(length: int, start: int, total: int, margin: int, blend: int) -> np.ndarray:
+    """Blending weight along one axis of a tile at ``start`` in an axis of ``total`` pixels."""
+    weights = np.ones(length, dtype=np.float32)
+    # Sampled at pixel centres, so every ramp value is strictly between 0 and 1.
+    ramp = np.sin(0.5 * np.pi * (np.arange(blend) + 0.5) / max(blend, 1)) ** 2
+    if start > 0:
+        weights[:margin] = 0.0
+        weights[margin : margin + blend] = ramp
+    if start + length < total:
+        weights[length - margin :] = 0.0
+        weights[length - margin - blend : length - margin] = ramp[::-1]
+    return weights
+
+
+def _pad_to_multiple(image: np.ndarray, multiple: int) -> np.ndarray:
+    rows, cols = image.shape
+    pad_rows, pad_cols = round_up(rows, multiple) - rows, round_up(cols, multiple) - cols
+    if pad_rows == 0 and pad_cols == 0:
+        return image
+    # Reflection continues the anatomy's texture; zero or constant padding would add an edge.
+    mode = "reflect" if min(rows, cols) > 1 else "edge"
+    return np.pad(image, ((0, pad_rows), (0, pad_cols)), mode=mode)
+
+
+def _batches(items: list[tuple[int, int]], size: int) -> Iterator[list[tuple[int, int]]]:
+    for first in range(0, len(items), size):
+        yield items[first : first + size]
+
+
+def run_tiled(image: np.ndarray, run_batch: BatchFunction, plan: TilePlan) -> np.ndarray:
+    """Apply ``run_batch`` to a 2-D float32 image of any size; returns the same shape."""
+    if image.ndim != 2:
+        raise ValueError(f"expected a 2-D image, got shape {image.shape}")
+    rows, cols = image.shape
+    padded = np.ascontiguousarray(_pad_to_multiple(image.astype(np.float32, copy=False), plan.multiple))
+    total_rows, total_cols = padded.shape
+    if total_rows <= plan.tile and total_cols <= plan.tile:
+        return run_batch(padded[np.newaxis, np.newaxis])[0, 0, :rows, :cols]
+
+    tile_rows, tile_cols = min(plan.tile, total_rows), min(plan.tile, total_cols)
+    row_starts = tile_starts(total_rows, tile_rows, plan.stride)
+    col_starts = tile_starts(total_cols, tile_cols, plan.stride)
+    row_weights = {s: axis_weights(tile_rows, s, total_rows, plan.margin, plan.blend) for s in row_starts}
+    col_weights = {s: axis_weights(tile_cols, s, total_cols, plan.margin, plan.blend) for s in col_starts}
+
+    accumulated = np.zeros_like(padded)
+    weight_sum = np.zeros_like(padded)
+    positions = [(r, c) for r in row_starts for c in col_starts]
+    for group in _batches(positions, plan.batch):
+        batch = np.stack([padded[r : r + tile_rows, c : c + tile_cols] for r, c in group])
+        outputs = run_batch(batch[:, np.newaxis])
+        if outputs.shape != (len(group), 1, tile_rows, tile_cols):
+            raise ValueError(f"model returned shape {outputs.shape} for a batch of {batch.shape}")
+        for (r, c), output in zip(group, outputs[:, 0], strict=True):
+            weights = np.outer(row_weights[r], col_weights[c])
+            accumulated[r : r + tile_rows, c : c + tile_cols] += output * weights
+            weight_sum[r : r + tile_rows, c : c + tile_cols] += weights
+    # The plan guarantees every pixel some positive weight; divide in place to save memory.
+    np.divide(accumulated, weight_sum, out=accumulated)
+    return accumulated[:rows, :cols]
