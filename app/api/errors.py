@@ -1,0 +1,104 @@
+"""Every failure becomes ``{"error": code, "detail": sentence}`` here, and only here.
+
+The status of each domain error is decided in ``STATUS``; request validation errors and
+Starlette's own HTTP errors (404, 405) get the same shape. An unexpected exception is logged
+with its type and stack (not its message, which may quote file contents) and answered with a
+generic 500, never a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import traceback
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.errors import (
+    DenoiseError,
+    ImageTooLarge,
+    InvalidImage,
+    InvalidRequest,
+    MissingPixelData,
+    ModelNotFound,
+    ModelUnavailable,
+    UnknownModality,
+    UnsupportedImage,
+)
+
+logger = logging.getLogger(__name__)
+
+STATUS: dict[type[DenoiseError], int] = {
+    InvalidImage: 400,
+    ImageTooLarge: 413,
+    UnsupportedImage: 415,
+    MissingPixelData: 422,
+    UnknownModality: 422,
+    ModelNotFound: 422,
+    InvalidRequest: 422,
+    ModelUnavailable: 503,
+}
+
+
+def status_of(error: DenoiseError) -> int:
+    for kind in type(error).__mro__:
+        if kind in STATUS:
+            return STATUS[kind]
+    return 400
+
+
+def error_response(request: Request | None, status: int, code: str, detail: str) -> JSONResponse:
+    if request is not None:
+        request.state.error_code = code  # read by the metrics middleware: failures by reason
+    return JSONResponse({"error": code, "detail": detail}, status_code=status)
+
+
+async def _domain(request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, DenoiseError)
+    status = status_of(error)
+    logger.info("request refused: %s (%d)", error.code, status)
+    return error_response(request, status, error.code, error.detail)
+
+
+def _location(loc: tuple[object, ...]) -> str:
+    # ("body", "modality") -> "modality": the client knows its fields, not FastAPI's sources.
+    parts = [str(p) for p in loc if p not in ("body", "query", "header", "path", "form")]
+    return ".".join(parts) or "request"
+
+
+async def _validation(request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, RequestValidationError)
+    problems = []
+    for item in error.errors():
+        where = _location(tuple(item.get("loc", ())))
+        message = "is required" if item.get("type") == "missing" else str(item.get("msg", "is invalid"))
+        problems.append(f"'{where}' {message}" if item.get("type") == "missing" else f"'{where}': {message}")
+    detail = "; ".join(problems) + ". See /docs for the request fields."
+    return error_response(request, 422, "invalid_request", detail)
+
+
+async def _http(request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, StarletteHTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
+    detail = error.detail if isinstance(error.detail, str) else "The request could not be served."
+    response = error_response(request, error.status_code, code, detail)
+    if error.headers:
+        response.headers.update(error.headers)
+    return response
+
+
+async def _unexpected(request: Request, error: Exception) -> JSONResponse:
+    stack = "".join(traceback.format_tb(error.__traceback__))
+    logger.error("unexpected %s\n%s", type(error).__name__, stack)
+    return error_response(
+        request, 500, "internal_error", "The service failed unexpectedly; quote the X-Request-Id when reporting it."
+    )
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(DenoiseError, _domain)
+    app.add_exception_handler(RequestValidationError, _validation)
+    app.add_exception_handler(StarletteHTTPException, _http)
+    app.add_exception_handler(Exception, _unexpected)

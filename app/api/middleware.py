@@ -1,0 +1,136 @@
+"""Pure ASGI middleware: request ids and metrics around every request, and the upload limit.
+
+Pure ASGI (not ``BaseHTTPMiddleware``) so request bodies stream through untouched and the byte
+limit can stop a chunked upload part-way, without a Content-Length to trust.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.observability import Telemetry, new_request_id, request_id_var
+
+logger = logging.getLogger(__name__)
+
+DENOISE_PATH = "/v1/denoise"
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return None
+
+
+class RequestContextMiddleware:
+    """Request id in and out, in-flight gauge, per-request histogram and counters, access log."""
+
+    def __init__(self, app: ASGIApp, telemetry: Telemetry) -> None:
+        self.app = app
+        self.telemetry = telemetry
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = new_request_id(_header(scope, b"x-request-id"))
+        token = request_id_var.set(request_id)
+        state: dict[str, Any] = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        status = 500
+        is_denoise = scope["path"] == DENOISE_PATH
+        started = time.perf_counter()
+        if is_denoise:
+            self.telemetry.in_flight.inc()
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message.setdefault("headers", []).append((b"x-request-id", request_id.encode()))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            seconds = time.perf_counter() - started
+            if is_denoise:
+                self.telemetry.in_flight.dec()
+                labels = state.get("labels")
+                self.telemetry.observe_request(
+                    getattr(labels, "modality", "unknown"),
+                    getattr(labels, "model", "none"),
+                    status,
+                    seconds,
+                    state.get("error_code") if status >= 400 else None,
+                )
+            logger.info("%s %s %d %.1f ms", scope["method"], scope["path"], status, seconds * 1000)
+            request_id_var.reset(token)
+
+
+class UploadLimitMiddleware:
+    """413 for a body larger than ``max_bytes``: at once from Content-Length, else as it streams."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    def _detail(self) -> str:
+        return (
+            f"The upload is larger than this service's limit of {self.max_bytes} bytes; send a "
+            "smaller file (or raise DENOISE_MAX_UPLOAD_BYTES on the server)."
+        )
+
+    async def _refuse(self, scope: Scope, send: Send) -> None:
+        scope.setdefault("state", {})["error_code"] = "upload_too_large"
+        body = json.dumps({"error": "upload_too_large", "detail": self._detail()}).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+            await self.app(scope, receive, send)
+            return
+        declared = _header(scope, b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._refuse(scope, send)
+            return
+
+        received = 0
+        exceeded = False
+        started = False
+
+        async def counting_receive() -> Message:
+            nonlocal received, exceeded
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    exceeded = True
+                    # The app's body parser turns this into an error response, swallowed below.
+                    raise _UploadTooLarge()
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            if exceeded:
+                return
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, guarded_send)
+        except _UploadTooLarge:
+            pass
+        if exceeded and not started:
+            await self._refuse(scope, send)
+
+
+class _UploadTooLarge(Exception):
+    pass

@@ -1,0 +1,132 @@
+"""POST /v1/denoise: the image back, denoised, in its own format (or as JSON on request)."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, Header, Request, Response, UploadFile
+
+from app.api.deps import PipelineDep, TelemetryDep
+from app.api.schemas import DATA_RANGE_DOC, PNG_UNITS_DOC, DenoiseJSONResponse, ErrorResponse
+from app.imaging.codec import FILE_SUFFIXES
+from app.inference.card import Modality
+from app.pipeline import DenoiseOutcome, DenoiseRequest, MetricsMode, RequestLabels
+
+router = APIRouter(tags=["denoise"])
+
+_ERRORS = {
+    400: "not an image, truncated or corrupt",
+    413: "upload larger than DENOISE_MAX_UPLOAD_BYTES, or more pixels than DENOISE_MAX_PIXELS",
+    415: "an image this service does not denoise: colour, palette, JPEG/TIFF, unsupported DICOM",
+    422: "a missing or invalid field: modality for a PNG, unknown model, strength, reference",
+    503: "no loaded model can serve this modality",
+}
+_IMAGE_CONTENT = {
+    "image/png": {"schema": {"type": "string", "format": "binary"}},
+    "application/dicom": {"schema": {"type": "string", "format": "binary"}},
+}
+_HEADERS = {
+    "X-Denoise-Metrics": {"description": "the metrics block as compact JSON", "schema": {"type": "string"}},
+    "X-Model-Id": {"description": "id of the model used", "schema": {"type": "string"}},
+    "X-Request-Id": {"description": "the request's id (the client's own if it sent one)", "schema": {"type": "string"}},
+    "X-Execution-Provider": {"description": "ONNX Runtime provider used", "schema": {"type": "string"}},
+    "Server-Timing": {"description": "milliseconds per phase", "schema": {"type": "string"}},
+}
+
+
+def _json_header(metrics: dict[str, object]) -> str:
+    return json.dumps(metrics, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+
+
+def _milliseconds(outcome: DenoiseOutcome) -> dict[str, float]:
+    return {phase: round(seconds * 1000, 3) for phase, seconds in outcome.seconds.items()}
+
+
+@router.post(
+    "/v1/denoise",
+    summary="Denoise one CT, MR or X-ray image (PNG or DICOM)",
+    description=(
+        "Send the image as the multipart field `file`. The answer is the denoised image in the "
+        "input's format and bit depth (a derived DICOM instance for DICOM input), with metrics "
+        "in the `X-Denoise-Metrics` header; send `Accept: application/json` for a JSON body "
+        "instead. " + PNG_UNITS_DOC + " " + DATA_RANGE_DOC
+    ),
+    response_model=DenoiseJSONResponse,
+    responses={
+        200: {"content": {**_IMAGE_CONTENT, "application/json": {}}, "headers": _HEADERS},
+        **{status: {"model": ErrorResponse, "description": text} for status, text in _ERRORS.items()},
+    },
+)
+async def denoise(
+    request: Request,
+    pipeline: PipelineDep,
+    telemetry: TelemetryDep,
+    file: Annotated[UploadFile, File(description="8- or 16-bit grayscale PNG, or a DICOM Part 10 file")],
+    modality: Annotated[
+        Modality | None,
+        Form(description="ct, mr or xray; required for PNG, read from the DICOM Modality tag otherwise"),
+    ] = None,
+    model: Annotated[
+        str | None,
+        Form(description="model id (ct-unet) or architecture (unet); default: the modality's default model"),
+    ] = None,
+    strength: Annotated[
+        float | None,
+        Form(description="noise level, only for models with a noise-level input (none served yet: 422)"),
+    ] = None,
+    metrics: Annotated[
+        MetricsMode,
+        Form(description="none; noref (default): no-reference metrics; all: also reference metrics, needs 'reference'"),
+    ] = "noref",
+    reference: Annotated[
+        UploadFile | None,
+        File(description="the clean image, same format and size, for reference metrics (PSNR, SSIM, MAE, RMSE)"),
+    ] = None,
+    rescale_slope: Annotated[
+        float | None, Form(description="PNG only: units = slope * value + intercept; replaces the default slope")
+    ] = None,
+    rescale_intercept: Annotated[
+        float | None, Form(description="PNG only: replaces the default intercept (CT 16-bit: -1024)")
+    ] = None,
+    accept: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> Response:
+    labels = RequestLabels()
+    request.state.labels = labels
+    job = DenoiseRequest(
+        data=await file.read(),
+        modality=modality,
+        model=model,
+        strength=strength,
+        metrics=metrics,
+        reference=await reference.read() if reference is not None else None,
+        rescale_slope=rescale_slope,
+        rescale_intercept=rescale_intercept,
+    )
+    outcome = await pipeline.run(job, labels)
+    telemetry.observe_phases(outcome.seconds, labels.modality, labels.model)
+    telemetry.pixels.labels(labels.modality, labels.model).inc(outcome.pixels)
+
+    request_id = request.state.request_id
+    timings = _milliseconds(outcome)
+    headers = {
+        "X-Model-Id": outcome.model.card.id,
+        "X-Execution-Provider": outcome.model.execution_provider,
+        "Server-Timing": ", ".join(f"{phase};dur={ms}" for phase, ms in timings.items()),
+    }
+    if accept is not None and "application/json" in accept:
+        body = DenoiseJSONResponse(
+            image_base64=base64.b64encode(outcome.content).decode("ascii"),
+            media_type=outcome.media_type,
+            model=outcome.model.card.id,
+            modality=outcome.modality,
+            metrics=outcome.metrics,
+            timings_ms=timings,
+            request_id=request_id,
+            execution_provider=outcome.model.execution_provider,
+        )
+        return Response(body.model_dump_json(), media_type="application/json", headers=headers)
+    headers["X-Denoise-Metrics"] = _json_header(outcome.metrics)
+    headers["Content-Disposition"] = f'inline; filename="denoised{FILE_SUFFIXES[outcome.format]}"'
+    return Response(outcome.content, media_type=outcome.media_type, headers=headers)

@@ -1,0 +1,40 @@
+"""Liveness, readiness and the Prometheus scrape endpoint."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from app.api.deps import RegistryDep, TelemetryDep
+from app.api.routes.models import unserved_info
+from app.api.schemas import ErrorResponse, ReadyResponse
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", summary="Liveness: the process answers")
+async def healthz() -> dict[str, str]:
+    return {"status": "alive"}
+
+
+@router.get(
+    "/readyz",
+    summary="Readiness: at least one model is loaded",
+    response_model=ReadyResponse,
+    responses={503: {"model": ErrorResponse, "description": "no model loaded; the detail says why"}},
+)
+async def readyz(registry: RegistryDep) -> ReadyResponse | JSONResponse:
+    unserved = unserved_info(registry)
+    if not registry.models:
+        reasons = "; ".join(f"{u.path}: {u.reason}" for u in unserved) or f"no model found under {registry.models_dir}"
+        return JSONResponse(
+            {"error": "not_ready", "detail": f"No model is loaded ({reasons}).", "unserved": [u.model_dump() for u in unserved]},
+            status_code=503,
+        )
+    return ReadyResponse(status="ready", models=len(registry.models), unserved=unserved)
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def metrics(telemetry: TelemetryDep) -> Response:
+    return Response(generate_latest(telemetry.registry), media_type=CONTENT_TYPE_LATEST)

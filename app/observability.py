@@ -1,0 +1,104 @@
+"""Prometheus metrics, request ids and PHI-free logging.
+
+Every metric lives in a registry owned by one app instance, so tests can build several apps in
+one process. Logs carry a request id and technical facts only (sizes, model, timings, error
+codes); never names, ids, dates or any other DICOM header value, and never the uploaded file's
+name, which often is a patient's name.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import re
+import uuid
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from app.inference.registry import ModelRegistry
+
+PHASES = ("decode", "queue", "preprocess", "infer", "postprocess", "metrics", "encode")
+_PHASE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_REQUEST_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+
+
+def new_request_id(offered: str | None) -> str:
+    """The client's X-Request-Id when it is a plain token, otherwise a fresh one."""
+    if offered and _REQUEST_ID.match(offered):
+        return offered
+    return uuid.uuid4().hex
+
+
+class RequestIdFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = request_id_var.get()
+        return True
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """One line per event with the request id; idempotent, so create_app can call it every time."""
+    root = logging.getLogger("app")
+    if any(isinstance(f, RequestIdFilter) for h in root.handlers for f in h.filters):
+        return
+    handler = logging.StreamHandler()
+    handler.addFilter(RequestIdFilter())
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(level)
+    root.propagate = False
+
+
+class Telemetry:
+    """The service's Prometheus metrics."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        labels = ("modality", "model")
+        self.phase_seconds = Histogram(
+            "denoise_phase_seconds", "Time per processing phase of a denoise request.",
+            ("phase", *labels), buckets=_PHASE_BUCKETS, registry=self.registry,
+        )
+        self.request_seconds = Histogram(
+            "denoise_request_seconds", "Time per denoise request, from first byte to response.",
+            (*labels, "status"), buckets=_REQUEST_BUCKETS, registry=self.registry,
+        )
+        self.requests = Counter(
+            "denoise_requests", "Denoise requests answered.", (*labels, "status"), registry=self.registry
+        )
+        self.failures = Counter(
+            "denoise_failures", "Denoise requests that failed, by error code.", ("reason",), registry=self.registry
+        )
+        self.in_flight = Gauge("denoise_in_flight", "Denoise requests being processed.", registry=self.registry)
+        self.pixels = Counter(
+            "denoise_pixels_processed", "Pixels denoised (all frames).", labels, registry=self.registry
+        )
+        self.provider_info = Gauge(
+            "denoise_model_execution_provider_info",
+            "1 for the execution provider each loaded model's session runs on.",
+            ("model", "provider"), registry=self.registry,
+        )
+        self.models_loaded = Gauge("denoise_models_loaded", "Models being served.", registry=self.registry)
+        self.models_unserved = Gauge(
+            "denoise_models_unserved", "Models found but not served (see /v1/models).", registry=self.registry
+        )
+
+    def describe_registry(self, models: ModelRegistry) -> None:
+        for model in models.models.values():
+            self.provider_info.labels(model.card.id, model.execution_provider).set(1)
+        self.models_loaded.set(len(models.models))
+        self.models_unserved.set(len(models.unserved))
+
+    def observe_phases(self, seconds: dict[str, float], modality: str, model: str) -> None:
+        for phase, value in seconds.items():
+            self.phase_seconds.labels(phase, modality, model).observe(value)
+
+    def observe_request(
+        self, modality: str, model: str, status: int, seconds: float, reason: str | None
+    ) -> None:
+        self.request_seconds.labels(modality, model, str(status)).observe(seconds)
+        self.requests.labels(modality, model, str(status)).inc()
+        if reason is not None:
+            self.failures.labels(reason).inc()

@@ -1,0 +1,165 @@
+"""One denoise request end to end, off the event loop: bytes -> units -> model -> units -> bytes.
+
+Every CPU-bound step (decoding, inference, metrics, encoding) runs in a worker thread; the event
+loop only awaits. Inference additionally waits for a slot in a capacity limiter: each session
+already uses every core it is given, so running more at once only slows all of them down. That
+wait is the ``queue`` phase.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+import anyio
+import anyio.to_thread
+
+from app.errors import InvalidRequest, UnknownModality
+from app.imaging import codec
+from app.imaging.image import Image
+from app.inference.card import Modality
+from app.inference.engine import Denoiser, PhaseTimer
+from app.inference.registry import LoadedModel, ModelRegistry
+from app.quality import summary
+from app.quality.reference import data_range_for
+from app.settings import Settings
+
+MetricsMode = Literal["none", "noref", "all"]
+
+
+@dataclass(frozen=True)
+class DenoiseRequest:
+    data: bytes
+    modality: Modality | None = None
+    model: str | None = None
+    strength: float | None = None
+    metrics: MetricsMode = "noref"
+    reference: bytes | None = None
+    rescale_slope: float | None = None
+    rescale_intercept: float | None = None
+
+
+@dataclass
+class RequestLabels:
+    """Filled in as the request learns them, so a failure is still counted under its model."""
+
+    modality: str = "unknown"
+    model: str = "none"
+
+
+@dataclass(frozen=True)
+class DenoiseOutcome:
+    content: bytes
+    media_type: str
+    format: str
+    model: LoadedModel
+    modality: Modality
+    metrics: dict[str, object]
+    seconds: dict[str, float]
+    pixels: int
+
+
+@dataclass
+class DenoisePipeline:
+    registry: ModelRegistry
+    settings: Settings
+    denoisers: dict[str, Denoiser] = field(init=False)
+    limiter: anyio.CapacityLimiter = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.denoisers = {i: Denoiser(m, self.settings) for i, m in self.registry.models.items()}
+        self.limiter = anyio.CapacityLimiter(self.settings.max_concurrent_inferences)
+
+    def _decode(self, data: bytes, request: DenoiseRequest, modality: Modality | None) -> Image:
+        return codec.decode(
+            data,
+            modality=modality,
+            max_pixels=self.settings.max_pixels,
+            rescale_slope=request.rescale_slope,
+            rescale_intercept=request.rescale_intercept,
+        )
+
+    def _choose_model(self, request: DenoiseRequest, image: Image) -> tuple[Modality, LoadedModel]:
+        if image.modality is None:
+            raise UnknownModality(
+                "The DICOM Modality tag names no modality this service denoises (CT, MR, CR, DX, "
+                "DR, RF, XA, MG, PX, IO); send the form field 'modality' (ct, mr or xray)."
+            )
+        model = self.registry.resolve(image.modality, request.model)
+        if request.strength is not None:
+            # No served model has a noise-level input yet (the registry refuses extra inputs).
+            raise InvalidRequest(
+                f"Model '{model.card.id}' has no noise-level input, so 'strength' cannot be "
+                "applied; leave 'strength' out.",
+                code="strength_unsupported",
+            )
+        return image.modality, model
+
+    async def _reference(self, request: DenoiseRequest, image: Image) -> Image | None:
+        if request.metrics == "all" and request.reference is None:
+            raise InvalidRequest(
+                "metrics=all compares with a clean image: attach it as the 'reference' file, or "
+                "ask for metrics=noref.",
+                code="reference_required",
+            )
+        if request.reference is None or request.metrics == "none":
+            return None
+        clean = await anyio.to_thread.run_sync(self._decode, request.reference, request, image.modality)
+        if clean.frames.shape != image.frames.shape:
+            raise InvalidRequest(
+                f"The reference has shape {clean.frames.shape[1:]} x {clean.frames.shape[0]} "
+                f"frame(s) but the image has {image.frames.shape[1:]} x {image.frames.shape[0]}; "
+                "send the clean version of the same image.",
+                code="reference_mismatch",
+            )
+        return clean
+
+    def _metrics(
+        self, request: DenoiseRequest, image: Image, denoised: Image, clean: Image | None, model: LoadedModel
+    ) -> dict[str, object]:
+        metrics: dict[str, object] = {}
+        if request.metrics == "none":
+            return metrics
+        metrics["noref"] = summary.no_reference(image.frames, denoised.frames, image.units)
+        if clean is not None:
+            spec = model.card.normalisation
+            fixed = spec.high - spec.low if spec.kind == "fixed" else None  # type: ignore[operator]
+            data_range = data_range_for(clean.frames, fixed)
+            metrics["reference"] = summary.with_reference(
+                image.frames, denoised.frames, clean.frames, data_range, image.units
+            )
+        return metrics
+
+    async def run(self, request: DenoiseRequest, labels: RequestLabels) -> DenoiseOutcome:
+        timer = PhaseTimer()
+        started = time.perf_counter()
+        image = await anyio.to_thread.run_sync(self._decode, request.data, request, request.modality)
+        started = timer.add("decode", started)
+        modality, model = self._choose_model(request, image)
+        labels.modality, labels.model = modality, model.card.id
+        clean = await self._reference(request, image)
+        started = timer.add("decode", started)
+
+        denoiser = self.denoisers[model.card.id]
+        async with self.limiter:
+            started = timer.add("queue", started)
+            frames = await anyio.to_thread.run_sync(denoiser.denoise, image.frames, timer)
+        denoised = image.with_frames(frames)
+
+        started = time.perf_counter()
+        metrics = await anyio.to_thread.run_sync(self._metrics, request, image, denoised, clean, model)
+        started = timer.add("metrics", started)
+        derivation = f"Denoised by medical-denoise with model {model.card.id} version {model.card.version}"
+        content = await anyio.to_thread.run_sync(codec.encode, denoised, derivation)
+        timer.add("encode", started)
+        return DenoiseOutcome(
+            content=content,
+            media_type=codec.MEDIA_TYPES[image.format],
+            format=image.format,
+            model=model,
+            modality=modality,
+            metrics=metrics,
+            seconds=timer.seconds,
+            pixels=image.pixel_count,
+        )
