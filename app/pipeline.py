@@ -22,7 +22,7 @@ from app.inference.card import Modality
 from app.inference.engine import Denoiser, PhaseTimer
 from app.inference.registry import LoadedModel, ModelRegistry
 from app.quality import summary
-from app.quality.reference import data_range_for
+from app.quality.reference import reference_data_range
 from app.settings import Settings
 
 MetricsMode = Literal["none", "noref", "all"]
@@ -125,7 +125,7 @@ class DenoisePipeline:
         if clean is not None:
             spec = model.card.normalisation
             fixed = spec.high - spec.low if spec.kind == "fixed" else None  # type: ignore[operator]
-            data_range = data_range_for(clean.frames, fixed)
+            data_range = reference_data_range(clean.frames, fixed)
             metrics["reference"] = summary.with_reference(
                 image.frames, denoised.frames, clean.frames, data_range, image.units
             )

@@ -1,9 +1,11 @@
 """Run a model on an image of any size in overlapping tiles, blended without seams.
 
-The plan, for one axis of length ``n`` (already padded to a multiple of ``multiple``):
+The plan, for one axis of length ``n`` (reflect-padded to a multiple of the grid, cropped after):
 
-* tiles of length ``tile`` start at multiples of ``multiple``: a U-Net's pooling grid then falls
-  on the same pixels in every tile as in the whole image, so tile outputs agree with it;
+* tiles start on a grid of ``grid`` pixels (a multiple of the card's ``spatial_multiple`` and of
+  16): a U-Net's pooling grid then falls on the same pixels in every tile as in the whole image,
+  so tile outputs agree with it. 16 covers four 2x poolings even when a model pads internally
+  and its card therefore says ``spatial_multiple`` 1;
 * each tile discards a ``margin`` of ceil(receptive_field / 2) pixels on the sides that face
   another tile: those pixels saw the tile's edge instead of the image, so they differ from a
   whole-image run;
@@ -28,14 +30,20 @@ import numpy as np
 # Takes a float32 batch (N, 1, h, w), returns one of the same shape.
 BatchFunction = Callable[[np.ndarray], np.ndarray]
 
+TILE_GRID = 16
+
 
 @dataclass(frozen=True)
 class TilePlan:
-    tile: int  # tile length, a multiple of ``multiple``
+    tile: int  # tile length, a multiple of ``grid``
     margin: int  # pixels discarded on a side that faces another tile
     blend: int  # raised-cosine ramp length after the margin
-    multiple: int  # spatial multiple the model needs (U-Net: 2 ** depth)
+    multiple: int  # the card's spatial_multiple: H and W the model accepts
     batch: int = 4
+
+    @property
+    def grid(self) -> int:
+        return math.lcm(self.multiple, TILE_GRID)
 
     @classmethod
     def for_model(
@@ -44,9 +52,10 @@ class TilePlan:
         """A plan honouring the model's needs; the tile grows if the margins would not fit."""
         margin = math.ceil(receptive_field / 2)
         overlap = 2 * margin + blend
-        # A stride (tile - overlap) of at least half a tile and at least one spatial multiple.
-        tile = max(tile_size, 2 * overlap, overlap + multiple)
-        return cls(round_up(tile, multiple), margin, blend, multiple, batch)
+        grid = math.lcm(multiple, TILE_GRID)
+        # A stride (tile - overlap) of at least half a tile and at least one grid step.
+        tile = max(tile_size, 2 * overlap, overlap + grid)
+        return cls(round_up(tile, grid), margin, blend, multiple, batch)
 
     @property
     def overlap(self) -> int:
@@ -54,8 +63,8 @@ class TilePlan:
 
     @property
     def stride(self) -> int:
-        # Rounded down to the multiple so every tile start stays on the pooling grid.
-        return max(self.multiple, (self.tile - self.overlap) // self.multiple * self.multiple)
+        # Rounded down to the grid so every tile start stays on the pooling grid.
+        return max(self.grid, (self.tile - self.overlap) // self.grid * self.grid)
 
 
 def round_up(value: int, multiple: int) -> int:
@@ -105,10 +114,12 @@ def run_tiled(image: np.ndarray, run_batch: BatchFunction, plan: TilePlan) -> np
     if image.ndim != 2:
         raise ValueError(f"expected a 2-D image, got shape {image.shape}")
     rows, cols = image.shape
-    padded = np.ascontiguousarray(_pad_to_multiple(image.astype(np.float32, copy=False), plan.multiple))
+    image = image.astype(np.float32, copy=False)
+    if rows <= plan.tile and cols <= plan.tile:  # one piece: only the model's own multiple
+        whole = _pad_to_multiple(image, plan.multiple)
+        return run_batch(np.ascontiguousarray(whole)[np.newaxis, np.newaxis])[0, 0, :rows, :cols]
+    padded = np.ascontiguousarray(_pad_to_multiple(image, plan.grid))
     total_rows, total_cols = padded.shape
-    if total_rows <= plan.tile and total_cols <= plan.tile:
-        return run_batch(padded[np.newaxis, np.newaxis])[0, 0, :rows, :cols]
 
     tile_rows, tile_cols = min(plan.tile, total_rows), min(plan.tile, total_cols)
     row_starts = tile_starts(total_rows, tile_rows, plan.stride)

@@ -100,17 +100,3 @@ def reference_data_range(reference: np.ndarray, fixed_window_width: float | None
     span = float(np.max(reference) - np.min(reference))
     return span if span > 0 else 1.0
 
-
-def data_range_for(reference: np.ndarray, fixed_window_width: float | None = None) -> float:
-    """The data range reference metrics use, in the image's units.
-
-    With a fixed window (the CT cards: a window in HU), its width: the same HU error then gives
-    the same PSNR on every image, whatever that image happens to contain. Without one (MR and
-    X-ray, normalised per image), the reference image's own range, max - min, as scikit-image
-    does for float images; 1.0 for a flat reference so the metrics stay finite.
-    """
-    if fixed_window_width is not None:
-        return _check_range(fixed_window_width)
-    ref = np.asarray(reference, dtype=np.float64)
-    spread = float(ref.max() - ref.min()) if ref.size else 0.0
-    return spread if spread > 0 else 1.0
