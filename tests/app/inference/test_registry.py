@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from app.errors import ModelNotFound, ModelUnavailable
+from app.inference.engine import Denoiser, PhaseTimer
+from app.inference.registry import ModelRegistry, load_registry
+from app.settings import Settings
+from tests.tiny_models import MEAN_3X3, write_model
+
+
+def test_every_model_is_loaded_with_the_provider_it_got(settings: Settings) -> None:
+    registry = load_registry(settings)
+    assert sorted(registry.models) == ["ct-autoencoder", "ct-unet", "mr-unet", "xray-unet"]
+    assert registry.unserved == []
+    for model in registry.models.values():
+        assert model.execution_provider == "CPUExecutionProvider"
+
+
+def test_models_failing_a_check_are_listed_with_the_reason(tmp_path: Path) -> None:
+    write_model(tmp_path, "ct", "unet")
+    tampered = write_model(tmp_path, "mr", "unet")
+    (tampered / "model.onnx").write_bytes((tampered / "model.onnx").read_bytes() + b"\0")
+    misplaced = write_model(tmp_path, "xray", "unet")
+    card = json.loads((misplaced / "card.json").read_text())
+    (misplaced / "card.json").write_text(json.dumps({**card, "modality": "ct", "id": "ct-other"}))
+    broken = tmp_path / "mr" / "broken"
+    broken.mkdir()
+    (broken / "card.json").write_text("{}")
+    (tmp_path / "ct" / "orphan").mkdir()
+    (tmp_path / "ct" / "orphan" / "model.onnx").write_bytes(b"")
+
+    registry = load_registry(Settings(models_dir=tmp_path))
+    assert list(registry.models) == ["ct-unet"]
+    reasons = {u.path: u.reason for u in registry.unserved}
+    assert "checksum mismatch" in reasons["mr/unet"]
+    assert "sits under xray/" in reasons["xray/unet"]
+    assert "card.json is invalid" in reasons["mr/broken"]
+    assert "no card.json" in reasons["ct/orphan/model.onnx"]
+    with pytest.raises(ModelUnavailable, match="checksum mismatch"):
+        registry.resolve("mr", "mr-unet")
+
+
+def test_resolve_by_id_architecture_or_default(settings: Settings) -> None:
+    registry = load_registry(settings)
+    assert registry.resolve("ct", None).card.id == "ct-unet"
+    assert registry.resolve("ct", "autoencoder").card.id == "ct-autoencoder"
+    assert registry.resolve("ct", "ct-autoencoder").card.id == "ct-autoencoder"
+    with pytest.raises(ModelNotFound, match="denoises mr"):
+        registry.resolve("ct", "mr-unet")
+    with pytest.raises(ModelNotFound, match="choose one of"):
+        registry.resolve("xray", "transformer")
+
+
+def test_a_missing_gpu_provider_is_warned_about_loudly(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    gpu_settings = settings.model_copy(update={"providers": ("cuda", "cpu")})
+    with caplog.at_level(logging.WARNING, logger="app.inference.registry"):
+        registry = load_registry(gpu_settings)
+    assert "CUDAExecutionProvider was requested" in caplog.text
+    assert registry.requested_providers == ("CPUExecutionProvider",)
+    assert all(m.execution_provider == "CPUExecutionProvider" for m in registry.models.values())
+
+
+def test_empty_folder_gives_an_empty_registry(tmp_path: Path) -> None:
+    registry = load_registry(Settings(models_dir=tmp_path))
+    assert isinstance(registry, ModelRegistry) and not registry.models
+    with pytest.raises(ModelUnavailable):
+        registry.resolve("ct", None)
+
+
+@pytest.mark.parametrize("shape", [(37, 31), (300, 257)])
+def test_engine_tiles_agree_with_a_whole_image_run(settings: Settings, shape: tuple[int, int]) -> None:
+    registry = load_registry(settings)
+    model = registry.models["ct-unet"]
+    frames = np.random.default_rng(3).normal(40, 30, (1, *shape))
+    tiled = Denoiser(model, settings).denoise(frames, PhaseTimer())
+    whole = Denoiser(model, settings.model_copy(update={"tile_size": 1024})).denoise(frames, PhaseTimer())
+    np.testing.assert_allclose(tiled, whole, atol=1e-3)  # HU; float32 inside the model
+    # And the model really is a 3 x 3 mean in HU, away from the zero-padded border.
+    expected = cv2.filter2D(frames[0], -1, MEAN_3X3)
+    np.testing.assert_allclose(whole[0, 1:-1, 1:-1], expected[1:-1, 1:-1], atol=1e-2)

@@ -1,0 +1,91 @@
+"""Tiny ONNX models with real cards, built on the fly so the service's tests never need training.
+
+The graphs are a single 3 x 3 convolution (a mean filter, or the identity), with the contract the
+real models follow: input ``noisy`` and output ``denoised``, NCHW float32, dynamic batch / H / W.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from app.imaging.intensity import NormalisationSpec
+from app.inference.card import ModelCard, NoiseModelSpec, TensorSpec, write_card
+
+NORMALISATION = {
+    "ct": NormalisationSpec(kind="fixed", low=-1024, high=3071, units="HU"),
+    "mr": NormalisationSpec(kind="image_percentile", high_percentile=99.5),
+    "xray": NormalisationSpec(kind="image_percentile", low_percentile=0.5, high_percentile=99.5),
+}
+
+
+def conv_model(kernel: np.ndarray) -> onnx.ModelProto:
+    """One single-channel convolution, zero padding keeping the size."""
+    size = kernel.shape[0]
+    weight = numpy_helper.from_array(kernel.astype(np.float32).reshape(1, 1, size, size), "weight")
+    node = helper.make_node("Conv", ["noisy", "weight"], ["denoised"], pads=[size // 2] * 4)
+    graph = helper.make_graph(
+        [node],
+        "tiny",
+        [helper.make_tensor_value_info("noisy", TensorProto.FLOAT, ["N", 1, "H", "W"])],
+        [helper.make_tensor_value_info("denoised", TensorProto.FLOAT, ["N", 1, "H", "W"])],
+        initializer=[weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8  # old enough for every onnxruntime we support
+    return model
+
+
+MEAN_3X3 = np.full((3, 3), 1 / 9)
+IDENTITY_3X3 = np.pad(np.ones((1, 1)), 1)
+
+
+def write_model(
+    root: Path,
+    modality: str,
+    architecture: str,
+    kernel: np.ndarray = MEAN_3X3,
+    default: bool = True,
+    spatial_multiple: int = 8,
+) -> Path:
+    directory = root / modality / architecture
+    directory.mkdir(parents=True, exist_ok=True)
+    data = conv_model(kernel).SerializeToString()
+    (directory / "model.onnx").write_bytes(data)
+    card = ModelCard(
+        id=f"{modality}-{architecture}",
+        modality=modality,  # type: ignore[arg-type]
+        architecture=architecture,
+        version="0.0.1-test",
+        default=default,
+        sha256=hashlib.sha256(data).hexdigest(),
+        parameters=int(kernel.size),
+        input=TensorSpec(name="noisy"),
+        output=TensorSpec(name="denoised"),
+        spatial_multiple=spatial_multiple,
+        receptive_field=kernel.shape[0],
+        normalisation=NORMALISATION[modality],
+        noise_model=NoiseModelSpec(
+            kind="gaussian", description="test", parameter="sigma", train_range=(0.0, 1.0), default_level=0.1
+        ),
+        training_data={},
+        training_config={},
+        validation_metrics={},
+        code_version="test",
+        command="tests/tiny_models.py",
+        created="2025-01-01T00:00:00Z",
+    )
+    write_card(directory, card)
+    return directory
+
+
+def write_model_set(root: Path) -> Path:
+    """A mean-filter default per modality, plus an identity 'autoencoder' for CT."""
+    for modality in ("ct", "mr", "xray"):
+        write_model(root, modality, "unet")
+    write_model(root, "ct", "autoencoder", kernel=IDENTITY_3X3, default=False)
+    return root
