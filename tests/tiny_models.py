@@ -1,7 +1,8 @@
 """Tiny ONNX models with real cards, built on the fly so the service's tests never need training.
 
-The graphs are a single 3 x 3 convolution (a mean filter, or the identity), with the contract the
-real models follow: input ``noisy`` and output ``denoised``, NCHW float32, dynamic batch / H / W.
+The graphs are a reflect pad and a single 3 x 3 convolution (a mean filter, or the identity), with
+the contract the real models follow: input ``noisy`` and output ``denoised``, NCHW float32,
+dynamic batch / H / W, borders handled inside the model.
 """
 
 from __future__ import annotations
@@ -24,16 +25,21 @@ NORMALISATION = {
 
 
 def conv_model(kernel: np.ndarray) -> onnx.ModelProto:
-    """One single-channel convolution, zero padding keeping the size."""
+    """One single-channel convolution after reflect padding, so the size is kept."""
     size = kernel.shape[0]
+    half = size // 2
     weight = numpy_helper.from_array(kernel.astype(np.float32).reshape(1, 1, size, size), "weight")
-    node = helper.make_node("Conv", ["noisy", "weight"], ["denoised"], pads=[size // 2] * 4)
+    pads = numpy_helper.from_array(np.array([0, 0, half, half, 0, 0, half, half], np.int64), "pads")
+    nodes = [
+        helper.make_node("Pad", ["noisy", "pads"], ["padded"], mode="reflect"),
+        helper.make_node("Conv", ["padded", "weight"], ["denoised"]),
+    ]
     graph = helper.make_graph(
-        [node],
+        nodes,
         "tiny",
         [helper.make_tensor_value_info("noisy", TensorProto.FLOAT, ["N", 1, "H", "W"])],
         [helper.make_tensor_value_info("denoised", TensorProto.FLOAT, ["N", 1, "H", "W"])],
-        initializer=[weight],
+        initializer=[weight, pads],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8  # old enough for every onnxruntime we support

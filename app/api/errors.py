@@ -81,8 +81,11 @@ async def _validation(request: Request, error: Exception) -> JSONResponse:
 
 async def _http(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, StarletteHTTPException)
-    code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
-    detail = error.detail if isinstance(error.detail, str) else "The request could not be served."
+    known = {
+        404: ("not_found", "There is no such endpoint; see /docs for the API."),
+        405: ("method_not_allowed", "This endpoint does not take that method; see /docs for the API."),
+    }
+    code, detail = known.get(error.status_code, ("http_error", "The request could not be served; see /docs."))
     response = error_response(request, error.status_code, code, detail)
     if error.headers:
         response.headers.update(error.headers)
