@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Install the service (once) and serve the committed models on http://HOST:PORT (CPU by default).
+#   ./scripts/serve.sh                        # 0.0.0.0:8000, CPU runtime
+#   HOST=127.0.0.1 PORT=9000 ./scripts/serve.sh
+#   EXTRAS=gpu DENOISE_PROVIDERS=tensorrt,cuda,cpu ./scripts/serve.sh   # NVIDIA GPU runtime
+# Further configuration: DENOISE_* variables, see README.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/_venv.sh
+ensure_venv "${EXTRAS:-cpu}"
+exec .venv/bin/python -m uvicorn app.main:app --host "${HOST:-0.0.0.0}" --port "${PORT:-8000}"

@@ -1,0 +1,124 @@
+"""The service as deployed: a real uvicorn process on a loopback port, a real HTTP client.
+
+It serves the repository's ``models/`` once trained models are there for every modality (the
+real ONNX files and cards), otherwise tiny stand-ins written to a temporary folder, so it runs
+before the models land too.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pydicom
+import pytest
+from pydicom.pixels import apply_modality_lut
+
+from tests.files import dicom_file, png_bytes, read_png
+from tests.tiny_models import write_model_set
+
+REPO = Path(__file__).resolve().parents[2]
+START_TIMEOUT_S = 90
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def models_to_serve(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    real = REPO / "models"
+    if all(any((real / modality).glob("*/card.json")) for modality in ("ct", "mr", "xray")):
+        return real
+    return write_model_set(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DENOISE_")}
+    env.update(DENOISE_MODELS_DIR=str(models_to_serve(tmp_path_factory)), DENOISE_INTRA_OP_THREADS="1")
+    log = (tmp_path_factory.mktemp("uvicorn") / "server.log").open("w+")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            if process.poll() is not None:
+                log.seek(0)
+                pytest.fail(f"uvicorn exited with {process.returncode}:\n{log.read()[-3000:]}")
+            try:
+                if client.get("/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail("uvicorn did not answer /healthz in time")
+            time.sleep(0.2)
+        yield client
+    finally:
+        client.close()
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+def test_ready_with_every_model_on_a_reported_provider(server: httpx.Client) -> None:
+    assert server.get("/readyz").status_code == 200
+    body = server.get("/v1/models").json()
+    assert body["models"], body["unserved"]
+    assert all(m["execution_provider"].endswith("ExecutionProvider") for m in body["models"])
+    assert {m["modality"] for m in body["models"]} == {"ct", "mr", "xray"}
+
+
+@pytest.mark.parametrize(("modality", "dtype"), [("ct", np.uint16), ("mr", np.uint16), ("xray", np.uint8)])
+def test_png_round_trip_over_http(server: httpx.Client, modality: str, dtype: type) -> None:
+    rows, cols = np.mgrid[:203, :170]
+    pixels = (900 + 200 * (rows > 100) + np.random.default_rng(14).normal(0, 20, rows.shape))
+    if dtype == np.uint8:
+        pixels = pixels / 8
+    sent = np.clip(pixels, 0, np.iinfo(dtype).max).astype(dtype)
+    response = server.post("/v1/denoise", files={"file": ("x.png", png_bytes(sent), "image/png")}, data={"modality": modality})
+    assert response.status_code == 200, response.text
+    out = read_png(response.content)
+    assert out.dtype == dtype and out.shape == sent.shape
+    assert response.headers["x-model-id"].startswith(modality)
+    assert '"noref"' in response.headers["x-denoise-metrics"]
+
+
+def test_dicom_ct_over_http_stays_in_hounsfield_units(server: httpx.Client) -> None:
+    data = dicom_file("CT_small.dcm")
+    response = server.post("/v1/denoise", files={"file": ("ct.dcm", data, "application/dicom")},
+                           headers={"accept": "application/json"})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["media_type"] == "application/dicom" and body["modality"] == "ct"
+    derived = pydicom.dcmread(io.BytesIO(base64.b64decode(body["image_base64"])))
+    source = pydicom.dcmread(io.BytesIO(data))
+    assert derived.BitsStored == source.BitsStored and derived.PixelRepresentation == source.PixelRepresentation
+    hu_in, hu_out = apply_modality_lut(source.pixel_array, source), apply_modality_lut(derived.pixel_array, derived)
+    assert abs(float(hu_out.mean()) - float(hu_in.mean())) < 50  # denoised, not shifted or rescaled
+
+
+def test_bad_file_and_metrics_over_http(server: httpx.Client) -> None:
+    bad = server.post("/v1/denoise", files={"file": ("x", b"not an image")}, data={"modality": "ct"})
+    assert bad.status_code == 400 and bad.json()["error"] == "invalid_image"
+    metrics = server.get("/metrics").text
+    assert 'denoise_request_seconds_count{modality="ct"' in metrics
+    assert 'denoise_failures_total{reason="invalid_image"} 1.0' in metrics
