@@ -22,6 +22,12 @@ ensure_venv() {
         .venv/bin/python -m pip uninstall -q -y onnxruntime-gpu >/dev/null 2>&1 || true
     fi
     echo "installing .[$extras] into .venv (once; skipped while pyproject.toml is unchanged)" >&2
-    .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[$extras]"
+    # Build back-ends print warnings even under -q: keep them in a log, show it only on failure.
+    local log=".venv/pip-install.log"
+    if ! .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[$extras]" >"$log" 2>&1; then
+        tail -n 40 "$log" >&2
+        echo "pip install failed; full log in $log" >&2
+        return 1
+    fi
     echo "$want" >"$stamp"
 }
