@@ -14,6 +14,9 @@ import numpy as np
 
 from app.quality import noise, reference
 
+# SSIM's 7 x 7 window is the largest footprint of any metric here; smaller images get none.
+MIN_SIDE = 7
+
 
 def _mean(values: list[float | None]) -> float | None:
     finite = [v for v in values if v is not None and math.isfinite(v)]
@@ -24,8 +27,18 @@ def _per_frame(frames: np.ndarray, metric: Callable[[np.ndarray], float]) -> flo
     return _mean([metric(frame) for frame in frames])
 
 
+def too_small(frames: np.ndarray) -> bool:
+    return min(frames.shape[-2:]) < MIN_SIDE
+
+
+def _skipped(units: str) -> dict[str, object]:
+    return {"units": units, "skipped": f"image smaller than {MIN_SIDE} x {MIN_SIDE} pixels"}
+
+
 def no_reference(noisy: np.ndarray, denoised: np.ndarray, units: str) -> dict[str, object]:
     """Noise sigma before and after by both estimators, the reduction in dB, residual structure."""
+    if too_small(noisy):
+        return _skipped(units)
     block: dict[str, object] = {"units": units}
     reduction: dict[str, float | None] = {}
     for name, estimator in (("immerkaer", noise.immerkaer_sigma), ("wavelet_mad", noise.wavelet_mad_sigma)):
@@ -53,6 +66,8 @@ def _compare(clean: np.ndarray, test: np.ndarray, data_range: float) -> dict[str
 def with_reference(
     noisy: np.ndarray, denoised: np.ndarray, clean: np.ndarray, data_range: float, units: str
 ) -> dict[str, object]:
+    if too_small(noisy):
+        return _skipped(units)
     return {
         "units": units,
         "data_range": data_range,

@@ -114,3 +114,12 @@ def test_reference_metrics_agree_with_scikit_image(client: TestClient) -> None:
 def test_client_request_id_is_echoed(client: TestClient) -> None:
     response = post(client, png_bytes(np.zeros((16, 16), np.uint8)), headers={"x-request-id": "abc-123"}, modality="xray")
     assert response.headers["x-request-id"] == "abc-123"
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 200), (6, 6)])
+def test_tiny_images_are_denoised_and_their_metrics_skipped(client: TestClient, shape: tuple[int, int]) -> None:
+    pixels = np.full(shape, 1100, np.uint16)
+    response = post(client, png_bytes(pixels), modality="ct", metrics="all", reference=png_bytes(pixels))
+    assert response.status_code == 200, response.text
+    assert read_png(response.content).shape == shape
+    assert "skipped" in json.loads(response.headers["x-denoise-metrics"])["noref"]
