@@ -58,27 +58,39 @@ class Telemetry:
         self.registry = CollectorRegistry(auto_describe=True)
         labels = ("modality", "model")
         self.phase_seconds = Histogram(
-            "denoise_phase_seconds", "Time per processing phase of a denoise request.",
-            ("phase", *labels), buckets=_PHASE_BUCKETS, registry=self.registry,
+            "denoise_phase_seconds",
+            "Time per processing phase of a denoise request.",
+            ("phase", *labels),
+            buckets=_PHASE_BUCKETS,
+            registry=self.registry,
         )
         self.request_seconds = Histogram(
-            "denoise_request_seconds", "Time per denoise request, from first byte to response.",
-            (*labels, "status"), buckets=_REQUEST_BUCKETS, registry=self.registry,
+            "denoise_request_seconds",
+            "Time per denoise request, from first byte to response.",
+            (*labels, "status"),
+            buckets=_REQUEST_BUCKETS,
+            registry=self.registry,
         )
         self.requests = Counter(
             "denoise_requests", "Denoise requests answered.", (*labels, "status"), registry=self.registry
         )
         self.failures = Counter(
-            "denoise_failures", "Denoise requests that failed, by error code.", ("reason",), registry=self.registry
+            "denoise_failures",
+            "Denoise requests that failed, by error code.",
+            ("reason",),
+            registry=self.registry,
         )
-        self.in_flight = Gauge("denoise_in_flight", "Denoise requests being processed.", registry=self.registry)
+        self.in_flight = Gauge(
+            "denoise_in_flight", "Denoise requests being processed.", registry=self.registry
+        )
         self.pixels = Counter(
             "denoise_pixels_processed", "Pixels denoised (all frames).", labels, registry=self.registry
         )
         self.provider_info = Gauge(
             "denoise_model_execution_provider_info",
             "1 for the execution provider each loaded model's session runs on.",
-            ("model", "provider"), registry=self.registry,
+            ("model", "provider"),
+            registry=self.registry,
         )
         self.models_loaded = Gauge("denoise_models_loaded", "Models being served.", registry=self.registry)
         self.models_unserved = Gauge(

@@ -45,9 +45,7 @@ class Settings(BaseSettings):
         "intra_op_threads cores, so running several at once only oversubscribes the CPU)",
     )
     max_upload_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
-    max_pixels: int = Field(
-        default=100_000_000, ge=1, description="pixels per request, all frames together"
-    )
+    max_pixels: int = Field(default=100_000_000, ge=1, description="pixels per request, all frames together")
     tile_size: int = Field(default=512, ge=64, le=8192)
     tile_overlap: int = Field(
         default=32,
@@ -83,7 +81,7 @@ class Settings(BaseSettings):
         return value.resolve()
 
     @model_validator(mode="after")
-    def _check_unknown_variables(self) -> "Settings":
+    def _check_unknown_variables(self) -> Settings:
         prefix = "DENOISE_"
         known = {prefix + name.upper() for name in type(self).model_fields}
         unknown = sorted(k for k in os.environ if k.upper().startswith(prefix) and k.upper() not in known)
@@ -92,7 +90,7 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
-    def _check_tiles(self) -> "Settings":
+    def _check_tiles(self) -> Settings:
         if self.tile_overlap * 2 >= self.tile_size:
             raise ValueError("tile_overlap must be less than half of tile_size")
         return self

@@ -96,7 +96,10 @@ async def _unexpected(request: Request, error: Exception) -> JSONResponse:
     stack = "".join(traceback.format_tb(error.__traceback__))
     logger.error("unexpected %s\n%s", type(error).__name__, stack)
     return error_response(
-        request, 500, "internal_error", "The service failed unexpectedly; quote the X-Request-Id when reporting it."
+        request,
+        500,
+        "internal_error",
+        "The service failed unexpectedly; quote the X-Request-Id when reporting it.",
     )
 
 

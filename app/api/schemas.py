@@ -19,7 +19,9 @@ DATA_RANGE_DOC = (
 
 
 class ErrorResponse(BaseModel):
-    error: str = Field(description="short machine-readable code, e.g. invalid_image", examples=["invalid_image"])
+    error: str = Field(
+        description="short machine-readable code, e.g. invalid_image", examples=["invalid_image"]
+    )
     detail: str = Field(description="what was wrong and how to fix it")
 
 

@@ -83,8 +83,7 @@ def _read(data: bytes) -> Dataset:
         return pydicom.dcmread(io.BytesIO(data))
     except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OSError, struct.error):
         raise InvalidImage(
-            "The DICOM file could not be parsed (truncated or corrupt); send the complete "
-            "Part 10 file."
+            "The DICOM file could not be parsed (truncated or corrupt); send the complete Part 10 file."
         ) from None
 
 
@@ -147,8 +146,7 @@ def _decode_pixels(ds: Dataset) -> np.ndarray:
         pixels = ds.pixel_array
     except Exception:  # pydicom raises many types for bad pixel data; none should reach a client
         raise InvalidImage(
-            "The DICOM pixel data could not be decoded (truncated or corrupt); send the "
-            "complete file."
+            "The DICOM pixel data could not be decoded (truncated or corrupt); send the complete file."
         ) from None
     return pixels.reshape(_frame_count(ds), int(ds.Rows), int(ds.Columns))
 

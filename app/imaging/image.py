@@ -67,7 +67,7 @@ class Image:
     def pixel_count(self) -> int:
         return int(self.frames.size)
 
-    def with_frames(self, frames: np.ndarray) -> "Image":
+    def with_frames(self, frames: np.ndarray) -> Image:
         if frames.shape != self.frames.shape:
             raise ValueError(f"frames shape {frames.shape} differs from {self.frames.shape}")
         return Image(frames, self.format, self.modality, self.units, self.stored, self.meta)

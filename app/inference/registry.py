@@ -96,9 +96,7 @@ class ModelRegistry:
             return defaults[0]
         if len(candidates) == 1:
             return candidates[0]
-        raise ModelNotFound(
-            f"No default model is marked for {modality}; name one of {_names(candidates)}."
-        )
+        raise ModelNotFound(f"No default model is marked for {modality}; name one of {_names(candidates)}.")
 
 
 def _names(models: list[LoadedModel]) -> str:
@@ -182,7 +180,11 @@ def _load_one(
 
 
 def _build(
-    card: ModelCard, card_dir: Path, settings: Settings, providers: tuple[str, ...], options: ort.SessionOptions
+    card: ModelCard,
+    card_dir: Path,
+    settings: Settings,
+    providers: tuple[str, ...],
+    options: ort.SessionOptions,
 ) -> LoadedModel:
     _check_card(card, card_dir, settings.models_dir)
     model_path = card_dir / card.file
@@ -202,14 +204,19 @@ def _build(
 
 def _report(model: LoadedModel, requested: tuple[str, ...]) -> None:
     logger.info(
-        "loaded model %s (%s/%s) on %s", model.card.id, model.card.modality,
-        model.card.architecture, model.execution_provider,
+        "loaded model %s (%s/%s) on %s",
+        model.card.id,
+        model.card.modality,
+        model.card.architecture,
+        model.execution_provider,
     )
     if requested[0] != model.execution_provider and requested[0] != ORT_PROVIDERS["cpu"]:
         logger.warning(
             "!!! model %s asked for %s but its session runs on %s: the GPU provider failed to "
             "start (check the CUDA / TensorRT libraries) !!!",
-            model.card.id, requested[0], model.execution_provider,
+            model.card.id,
+            requested[0],
+            model.execution_provider,
         )
 
 
@@ -221,7 +228,9 @@ def load_registry(settings: Settings) -> ModelRegistry:
     card_dirs = sorted(p.parent for p in root.rglob(CARD_FILENAME))
     for onnx_path in sorted(root.rglob("*.onnx")):
         if not (onnx_path.parent / CARD_FILENAME).is_file():
-            registry.unserved.append(UnservedModel(str(onnx_path.relative_to(root)), "no card.json beside it"))
+            registry.unserved.append(
+                UnservedModel(str(onnx_path.relative_to(root)), "no card.json beside it")
+            )
     for card_dir in card_dirs:
         relative = str(card_dir.relative_to(root))
         try:
@@ -231,7 +240,9 @@ def load_registry(settings: Settings) -> ModelRegistry:
             registry.unserved.append(UnservedModel(relative, f"card.json is invalid ({fields})"))
             continue
         except (OSError, ValueError) as error:
-            registry.unserved.append(UnservedModel(relative, f"card.json unreadable ({type(error).__name__})"))
+            registry.unserved.append(
+                UnservedModel(relative, f"card.json unreadable ({type(error).__name__})")
+            )
             continue
         except _Refused as refused:
             registry.unserved.append(UnservedModel(relative, str(refused), refused.model_id))
@@ -249,6 +260,8 @@ def load_registry(settings: Settings) -> ModelRegistry:
 
 def _warn_defaults(registry: ModelRegistry) -> None:
     for modality in registry.modalities():
-        defaults = [m.card.id for m in registry.models.values() if m.card.modality == modality and m.card.default]
+        defaults = [
+            m.card.id for m in registry.models.values() if m.card.modality == modality and m.card.default
+        ]
         if len(defaults) > 1:
             logger.warning("several default models for %s (%s); serving %s", modality, defaults, defaults[0])

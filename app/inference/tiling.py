@@ -48,7 +48,7 @@ class TilePlan:
     @classmethod
     def for_model(
         cls, tile_size: int, receptive_field: int, blend: int, multiple: int, batch: int
-    ) -> "TilePlan":
+    ) -> TilePlan:
         """A plan honouring the model's needs; the tile grows if the margins would not fit."""
         margin = math.ceil(receptive_field / 2)
         overlap = 2 * margin + blend

@@ -20,7 +20,9 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def settings(models_dir: Path) -> Settings:
     # Small tiles so modest test images already go through the tiling path.
-    return Settings(models_dir=models_dir, intra_op_threads=1, tile_size=128, max_upload_bytes=8 * 1024 * 1024)
+    return Settings(
+        models_dir=models_dir, intra_op_threads=1, tile_size=128, max_upload_bytes=8 * 1024 * 1024
+    )
 
 
 @pytest.fixture(scope="session")

@@ -31,7 +31,9 @@ def test_providers_from_a_comma_list_in_priority_order(monkeypatch: pytest.Monke
         ("DENOISE_TILE_SIZ", "512"),  # a typo is refused, not ignored
     ],
 )
-def test_bad_configuration_is_refused_at_start_up(monkeypatch: pytest.MonkeyPatch, variable: str, value: str) -> None:
+def test_bad_configuration_is_refused_at_start_up(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
     monkeypatch.setenv(variable, value)
     with pytest.raises(ValidationError):
         Settings()

@@ -51,7 +51,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
     log = (tmp_path_factory.mktemp("uvicorn") / "server.log").open("w+")
     process = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
     try:
@@ -90,11 +93,13 @@ def test_ready_with_every_model_on_a_reported_provider(server: httpx.Client) -> 
 @pytest.mark.parametrize(("modality", "dtype"), [("ct", np.uint16), ("mr", np.uint16), ("xray", np.uint8)])
 def test_png_round_trip_over_http(server: httpx.Client, modality: str, dtype: type) -> None:
     rows, cols = np.mgrid[:203, :170]
-    pixels = (900 + 200 * (rows > 100) + np.random.default_rng(14).normal(0, 20, rows.shape))
+    pixels = 900 + 200 * (rows > 100) + np.random.default_rng(14).normal(0, 20, rows.shape)
     if dtype == np.uint8:
         pixels = pixels / 8
     sent = np.clip(pixels, 0, np.iinfo(dtype).max).astype(dtype)
-    response = server.post("/v1/denoise", files={"file": ("x.png", png_bytes(sent), "image/png")}, data={"modality": modality})
+    response = server.post(
+        "/v1/denoise", files={"file": ("x.png", png_bytes(sent), "image/png")}, data={"modality": modality}
+    )
     assert response.status_code == 200, response.text
     out = read_png(response.content)
     assert out.dtype == dtype and out.shape == sent.shape
@@ -104,15 +109,23 @@ def test_png_round_trip_over_http(server: httpx.Client, modality: str, dtype: ty
 
 def test_dicom_ct_over_http_stays_in_hounsfield_units(server: httpx.Client) -> None:
     data = dicom_file("CT_small.dcm")
-    response = server.post("/v1/denoise", files={"file": ("ct.dcm", data, "application/dicom")},
-                           headers={"accept": "application/json"})
+    response = server.post(
+        "/v1/denoise",
+        files={"file": ("ct.dcm", data, "application/dicom")},
+        headers={"accept": "application/json"},
+    )
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["media_type"] == "application/dicom" and body["modality"] == "ct"
     derived = pydicom.dcmread(io.BytesIO(base64.b64decode(body["image_base64"])))
     source = pydicom.dcmread(io.BytesIO(data))
-    assert derived.BitsStored == source.BitsStored and derived.PixelRepresentation == source.PixelRepresentation
-    hu_in, hu_out = apply_modality_lut(source.pixel_array, source), apply_modality_lut(derived.pixel_array, derived)
+    assert (
+        derived.BitsStored == source.BitsStored and derived.PixelRepresentation == source.PixelRepresentation
+    )
+    hu_in, hu_out = (
+        apply_modality_lut(source.pixel_array, source),
+        apply_modality_lut(derived.pixel_array, derived),
+    )
     assert abs(float(hu_out.mean()) - float(hu_in.mean())) < 50  # denoised, not shifted or rescaled
 
 

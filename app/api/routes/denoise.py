@@ -30,7 +30,10 @@ _IMAGE_CONTENT = {
 _HEADERS = {
     "X-Denoise-Metrics": {"description": "the metrics block as compact JSON", "schema": {"type": "string"}},
     "X-Model-Id": {"description": "id of the model used", "schema": {"type": "string"}},
-    "X-Request-Id": {"description": "the request's id (the client's own if it sent one)", "schema": {"type": "string"}},
+    "X-Request-Id": {
+        "description": "the request's id (the client's own if it sent one)",
+        "schema": {"type": "string"},
+    },
     "X-Execution-Provider": {"description": "ONNX Runtime provider used", "schema": {"type": "string"}},
     "Server-Timing": {"description": "milliseconds per phase", "schema": {"type": "string"}},
 }
@@ -78,14 +81,17 @@ async def denoise(
     ] = None,
     metrics: Annotated[
         MetricsMode,
-        Form(description="none; noref (default): no-reference metrics; all: also reference metrics, needs 'reference'"),
+        Form(description="none; noref (default): no-reference metrics; all: adds reference metrics"),
     ] = "noref",
     reference: Annotated[
         UploadFile | None,
-        File(description="the clean image, same format and size, for reference metrics (PSNR, SSIM, MAE, RMSE)"),
+        File(
+            description="the clean image, same format and size, for reference metrics (PSNR, SSIM, MAE, RMSE)"
+        ),
     ] = None,
     rescale_slope: Annotated[
-        float | None, Form(description="PNG only: units = slope * value + intercept; replaces the default slope")
+        float | None,
+        Form(description="PNG only: units = slope * value + intercept; replaces the default slope"),
     ] = None,
     rescale_intercept: Annotated[
         float | None, Form(description="PNG only: replaces the default intercept (CT 16-bit: -1024)")

@@ -27,9 +27,16 @@ async def healthz() -> dict[str, str]:
 async def readyz(registry: RegistryDep) -> ReadyResponse | JSONResponse:
     unserved = unserved_info(registry)
     if not registry.models:
-        reasons = "; ".join(f"{u.path}: {u.reason}" for u in unserved) or f"no model found under {registry.models_dir}"
+        reasons = (
+            "; ".join(f"{u.path}: {u.reason}" for u in unserved)
+            or f"no model found under {registry.models_dir}"
+        )
         return JSONResponse(
-            {"error": "not_ready", "detail": f"No model is loaded ({reasons}).", "unserved": [u.model_dump() for u in unserved]},
+            {
+                "error": "not_ready",
+                "detail": f"No model is loaded ({reasons}).",
+                "unserved": [u.model_dump() for u in unserved],
+            },
             status_code=503,
         )
     return ReadyResponse(status="ready", models=len(registry.models), unserved=unserved)

@@ -32,5 +32,7 @@ async def list_models(registry: RegistryDep) -> ModelsResponse:
         for m in sorted(registry.models.values(), key=lambda m: (m.card.modality, m.card.id))
     ]
     return ModelsResponse(
-        models=models, unserved=unserved_info(registry), requested_providers=list(registry.requested_providers)
+        models=models,
+        unserved=unserved_info(registry),
+        requested_providers=list(registry.requested_providers),
     )

@@ -55,14 +55,25 @@ def test_dicom_ct_keeps_hounsfield_units_and_bit_depth(client: TestClient) -> No
     assert response.headers["content-type"] == "application/dicom"
     source, derived = pydicom.dcmread(io.BytesIO(data)), pydicom.dcmread(io.BytesIO(response.content))
     assert (derived.BitsAllocated, derived.BitsStored, derived.PixelRepresentation) == (
-        source.BitsAllocated, source.BitsStored, source.PixelRepresentation,
+        source.BitsAllocated,
+        source.BitsStored,
+        source.PixelRepresentation,
     )
-    np.testing.assert_array_equal(apply_modality_lut(derived.pixel_array, derived), apply_modality_lut(source.pixel_array, source))
+    np.testing.assert_array_equal(
+        apply_modality_lut(derived.pixel_array, derived), apply_modality_lut(source.pixel_array, source)
+    )
     assert derived.SOPInstanceUID != source.SOPInstanceUID
     assert "ct-autoencoder" in derived.DerivationDescription
 
 
-@pytest.mark.parametrize(("name", "model"), [("MR_small.dcm", "mr-unet"), ("emri_small_jpeg_2k_lossless.dcm", "mr-unet"), ("RG1_UNCR.dcm", "xray-unet")])
+@pytest.mark.parametrize(
+    ("name", "model"),
+    [
+        ("MR_small.dcm", "mr-unet"),
+        ("emri_small_jpeg_2k_lossless.dcm", "mr-unet"),
+        ("RG1_UNCR.dcm", "xray-unet"),
+    ],
+)
 def test_dicom_modality_comes_from_the_tag(client: TestClient, name: str, model: str) -> None:
     data = dicom_file(name)
     response = post(client, data, metrics="none")
@@ -75,20 +86,33 @@ def test_dicom_modality_comes_from_the_tag(client: TestClient, name: str, model:
     assert json.loads(response.headers["x-denoise-metrics"]) == {}
 
 
-def test_json_answer_carries_image_metrics_and_timings(client: TestClient) -> None:
-    clean = np.tile(np.linspace(1000, 3000, 96), (80, 1)).astype(np.uint16)
-    noisy = (clean + np.random.default_rng(11).normal(0, 40, clean.shape)).astype(np.uint16)
+def denoise_ramp(
+    client: TestClient, modality: str, low: float, high: float, sigma: float
+) -> tuple[np.ndarray, np.ndarray, dict, str]:  # type: ignore[type-arg]
+    """A noisy 16-bit ramp with its clean reference, answered as JSON with all metrics."""
+    clean = np.tile(np.linspace(low, high, 96), (80, 1)).astype(np.uint16)
+    noisy = (clean + np.random.default_rng(11).normal(0, sigma, clean.shape)).astype(np.uint16)
     response = post(
-        client, png_bytes(noisy), headers={"accept": "application/json"},
-        modality="ct", metrics="all", reference=png_bytes(clean),
+        client,
+        png_bytes(noisy),
+        headers={"accept": "application/json"},
+        modality=modality,
+        metrics="all",
+        reference=png_bytes(clean),
     )
     assert response.status_code == 200, response.text
-    body = response.json()
+    return clean, noisy, response.json(), response.headers["x-request-id"]
+
+
+def test_json_answer_carries_image_metrics_and_timings(client: TestClient) -> None:
+    clean, _, body, request_id = denoise_ramp(client, "ct", 1000, 3000, sigma=40)
     assert body["media_type"] == "image/png" and body["model"] == "ct-unet" and body["modality"] == "ct"
     assert read_png(base64.b64decode(body["image_base64"])).shape == clean.shape
     assert body["execution_provider"] == "CPUExecutionProvider"
-    assert body["request_id"] == response.headers["x-request-id"]
-    assert {"decode", "queue", "preprocess", "infer", "postprocess", "metrics", "encode"} <= set(body["timings_ms"])
+    assert body["request_id"] == request_id
+    assert {"decode", "queue", "preprocess", "infer", "postprocess", "metrics", "encode"} <= set(
+        body["timings_ms"]
+    )
     ref = body["metrics"]["reference"]
     assert ref["data_range"] == 4095 and ref["units"] == "HU"
     assert ref["output"]["psnr_db"] > ref["input"]["psnr_db"]
@@ -96,28 +120,34 @@ def test_json_answer_carries_image_metrics_and_timings(client: TestClient) -> No
 
 def test_reference_metrics_agree_with_scikit_image(client: TestClient) -> None:
     skm = pytest.importorskip("skimage.metrics")
-    clean = np.tile(np.linspace(200, 900, 64), (72, 1)).astype(np.uint16)
-    noisy = (clean + np.random.default_rng(12).normal(0, 30, clean.shape)).astype(np.uint16)
-    response = post(client, png_bytes(noisy), headers={"accept": "application/json"}, modality="mr",
-                    metrics="all", reference=png_bytes(clean))
-    body = response.json()
+    clean, noisy, body, _ = denoise_ramp(client, "mr", 200, 900, sigma=30)
     out = read_png(base64.b64decode(body["image_base64"])).astype(np.float64)
     ref = body["metrics"]["reference"]
     data_range = float(clean.max() - clean.min())  # MR: the reference's own spread
     assert ref["data_range"] == data_range
     # The service measures before re-quantising to 16 bits; allow for that rounding.
-    assert ref["output"]["psnr_db"] == pytest.approx(skm.peak_signal_noise_ratio(clean.astype(float), out, data_range=data_range), abs=0.05)
-    assert ref["output"]["ssim"] == pytest.approx(skm.structural_similarity(clean.astype(float), out, data_range=data_range), abs=2e-3)
-    assert ref["input"]["psnr_db"] == pytest.approx(skm.peak_signal_noise_ratio(clean.astype(float), noisy.astype(float), data_range=data_range), abs=1e-9)
+    assert ref["output"]["psnr_db"] == pytest.approx(
+        skm.peak_signal_noise_ratio(clean.astype(float), out, data_range=data_range), abs=0.05
+    )
+    assert ref["output"]["ssim"] == pytest.approx(
+        skm.structural_similarity(clean.astype(float), out, data_range=data_range), abs=2e-3
+    )
+    assert ref["input"]["psnr_db"] == pytest.approx(
+        skm.peak_signal_noise_ratio(clean.astype(float), noisy.astype(float), data_range=data_range), abs=1e-9
+    )
 
 
 def test_client_request_id_is_echoed(client: TestClient) -> None:
-    response = post(client, png_bytes(np.zeros((16, 16), np.uint8)), headers={"x-request-id": "abc-123"}, modality="xray")
+    response = post(
+        client, png_bytes(np.zeros((16, 16), np.uint8)), headers={"x-request-id": "abc-123"}, modality="xray"
+    )
     assert response.headers["x-request-id"] == "abc-123"
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (3, 200), (6, 6)])
-def test_tiny_images_are_denoised_and_their_metrics_skipped(client: TestClient, shape: tuple[int, int]) -> None:
+def test_tiny_images_are_denoised_and_their_metrics_skipped(
+    client: TestClient, shape: tuple[int, int]
+) -> None:
     pixels = np.full(shape, 1100, np.uint16)
     response = post(client, png_bytes(pixels), modality="ct", metrics="all", reference=png_bytes(pixels))
     assert response.status_code == 200, response.text

@@ -18,7 +18,13 @@ SMALL_PNG = png_bytes(np.full((32, 32), 100, np.uint16))
 
 def huge_png_header() -> bytes:
     ihdr = struct.pack(">IIBBBBB", 60_000, 60_000, 16, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + struct.pack(">I", 13)
+        + b"IHDR"
+        + ihdr
+        + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    )
 
 
 def jpeg_bytes() -> bytes:
@@ -52,9 +58,21 @@ CASES = [
     ("dicom of an unmapped modality", dicom_file("JPEG2000.dcm"), {}, 422, "unknown_modality"),
     ("unknown model", SMALL_PNG, {"modality": "ct", "model": "transformer"}, 422, "unknown_model"),
     ("model of another modality", SMALL_PNG, {"modality": "ct", "model": "mr-unet"}, 422, "unknown_model"),
-    ("strength without a noise input", SMALL_PNG, {"modality": "ct", "strength": "0.5"}, 422, "strength_unsupported"),
+    (
+        "strength without a noise input",
+        SMALL_PNG,
+        {"modality": "ct", "strength": "0.5"},
+        422,
+        "strength_unsupported",
+    ),
     ("strength not a number", SMALL_PNG, {"modality": "ct", "strength": "high"}, 422, "invalid_request"),
-    ("metrics all without reference", SMALL_PNG, {"modality": "ct", "metrics": "all"}, 422, "reference_required"),
+    (
+        "metrics all without reference",
+        SMALL_PNG,
+        {"modality": "ct", "metrics": "all"},
+        422,
+        "reference_required",
+    ),
     ("unknown metrics mode", SMALL_PNG, {"modality": "ct", "metrics": "most"}, 422, "invalid_request"),
     ("rescale on dicom", dicom_file("CT_small.dcm"), {"rescale_slope": "2"}, 422, "rescale_not_applicable"),
     ("zero slope", SMALL_PNG, {"modality": "ct", "rescale_slope": "0"}, 422, "invalid_rescale"),
@@ -69,9 +87,13 @@ def assert_error(response, status: int, code: str) -> None:  # type: ignore[no-u
     assert body["detail"].endswith(".") and len(body["detail"]) > 20
 
 
-@pytest.mark.parametrize(("data", "fields", "status", "code"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(
+    ("data", "fields", "status", "code"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
 def test_bad_input(client: TestClient, data: bytes, fields: dict[str, str], status: int, code: str) -> None:
-    response = client.post("/v1/denoise", files={"file": ("x", data, "application/octet-stream")}, data=fields)
+    response = client.post(
+        "/v1/denoise", files={"file": ("x", data, "application/octet-stream")}, data=fields
+    )
     assert_error(response, status, code)
 
 
@@ -84,7 +106,10 @@ def test_missing_file(client: TestClient) -> None:
 def test_reference_of_another_size(client: TestClient) -> None:
     response = client.post(
         "/v1/denoise",
-        files={"file": ("a", SMALL_PNG, "image/png"), "reference": ("b", png_bytes(np.zeros((16, 16), np.uint16)), "image/png")},
+        files={
+            "file": ("a", SMALL_PNG, "image/png"),
+            "reference": ("b", png_bytes(np.zeros((16, 16), np.uint16)), "image/png"),
+        },
         data={"modality": "ct", "metrics": "all"},
     )
     assert_error(response, 422, "reference_mismatch")
@@ -92,15 +117,19 @@ def test_reference_of_another_size(client: TestClient) -> None:
 
 def test_upload_over_the_limit_by_content_length(client: TestClient) -> None:
     too_big = b"\0" * (8 * 1024 * 1024 + 1)
-    response = client.post("/v1/denoise", files={"file": ("x", too_big, "image/png")}, data={"modality": "ct"})
+    response = client.post(
+        "/v1/denoise", files={"file": ("x", too_big, "image/png")}, data={"modality": "ct"}
+    )
     assert_error(response, 413, "upload_too_large")
 
 
 def test_upload_over_the_limit_while_streaming(client: TestClient) -> None:
     """No Content-Length (chunked): the limit must still hold as the bytes arrive."""
     boundary = "limit-test"
-    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x\"\r\n"
-            "Content-Type: image/png\r\n\r\n").encode()
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="x"\r\n'
+        "Content-Type: image/png\r\n\r\n"
+    ).encode()
 
     def body() -> Iterator[bytes]:
         yield head

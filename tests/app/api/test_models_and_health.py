@@ -36,7 +36,11 @@ def test_not_ready_without_models_and_the_reason_is_given(tmp_path: Path) -> Non
         assert ready.json()["error"] == "not_ready" and "checksum mismatch" in ready.json()["detail"]
         assert client.get("/v1/models").json()["unserved"][0]["model_id"] == "ct-unet"
         assert client.get("/healthz").status_code == 200
-        response = client.post("/v1/denoise", files={"file": ("x", png_bytes(np.zeros((8, 8), np.uint8)))}, data={"modality": "ct"})
+        response = client.post(
+            "/v1/denoise",
+            files={"file": ("x", png_bytes(np.zeros((8, 8), np.uint8)))},
+            data={"modality": "ct"},
+        )
         assert response.status_code == 503 and response.json()["error"] == "model_unavailable"
 
 
@@ -51,20 +55,38 @@ def sample(text: str, name: str, **labels: str) -> float:
 def test_prometheus_histograms_move_after_a_request(client: TestClient) -> None:
     before = client.get("/metrics").text
     image = png_bytes(np.full((40, 40), 500, np.uint16))
-    assert client.post("/v1/denoise", files={"file": ("x", image)}, data={"modality": "xray"}).status_code == 200
-    assert client.post("/v1/denoise", files={"file": ("x", b"junk")}, data={"modality": "xray"}).status_code == 400
+    assert (
+        client.post("/v1/denoise", files={"file": ("x", image)}, data={"modality": "xray"}).status_code == 200
+    )
+    assert (
+        client.post("/v1/denoise", files={"file": ("x", b"junk")}, data={"modality": "xray"}).status_code
+        == 400
+    )
     after = client.get("/metrics").text
     labels = {"modality": "xray", "model": "xray-unet"}
     for phase in ("decode", "queue", "preprocess", "infer", "postprocess", "encode"):
-        assert sample(after, "denoise_phase_seconds_count", phase=phase, **labels) == sample(
-            before, "denoise_phase_seconds_count", phase=phase, **labels) + 1
-    assert sample(after, "denoise_request_seconds_count", status="200", **labels) == sample(
-        before, "denoise_request_seconds_count", status="200", **labels) + 1
-    assert sample(after, "denoise_failures_total", reason="invalid_image") == sample(
-        before, "denoise_failures_total", reason="invalid_image") + 1
-    assert sample(after, "denoise_pixels_processed_total", **labels) == sample(
-        before, "denoise_pixels_processed_total", **labels) + 1600
-    assert sample(after, "denoise_model_execution_provider_info", model="ct-unet", provider="CPUExecutionProvider") == 1
+        assert (
+            sample(after, "denoise_phase_seconds_count", phase=phase, **labels)
+            == sample(before, "denoise_phase_seconds_count", phase=phase, **labels) + 1
+        )
+    assert (
+        sample(after, "denoise_request_seconds_count", status="200", **labels)
+        == sample(before, "denoise_request_seconds_count", status="200", **labels) + 1
+    )
+    assert (
+        sample(after, "denoise_failures_total", reason="invalid_image")
+        == sample(before, "denoise_failures_total", reason="invalid_image") + 1
+    )
+    assert (
+        sample(after, "denoise_pixels_processed_total", **labels)
+        == sample(before, "denoise_pixels_processed_total", **labels) + 1600
+    )
+    assert (
+        sample(
+            after, "denoise_model_execution_provider_info", model="ct-unet", provider="CPUExecutionProvider"
+        )
+        == 1
+    )
     assert "\ndenoise_in_flight 0.0\n" in after
 
 
@@ -73,6 +95,17 @@ def test_openapi_documents_the_contract(client: TestClient) -> None:
     operation = spec["paths"]["/v1/denoise"]["post"]
     assert {"400", "413", "415", "422"} <= set(operation["responses"])
     assert "HU = value - 1024" in operation["description"]
-    schema_ref = operation["requestBody"]["content"]["multipart/form-data"]["schema"]["$ref"].rsplit("/", 1)[1]
+    schema_ref = operation["requestBody"]["content"]["multipart/form-data"]["schema"]["$ref"].rsplit("/", 1)[
+        1
+    ]
     fields = spec["components"]["schemas"][schema_ref]["properties"]
-    assert {"file", "modality", "model", "strength", "metrics", "reference", "rescale_slope", "rescale_intercept"} <= set(fields)
+    assert {
+        "file",
+        "modality",
+        "model",
+        "strength",
+        "metrics",
+        "reference",
+        "rescale_slope",
+        "rescale_intercept",
+    } <= set(fields)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import io
+
 import numpy as np
 import pydicom
 import pytest
@@ -29,11 +30,18 @@ def test_ct_is_read_in_hounsfield_units() -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["CT_small.dcm", "MR_small.dcm", "RG1_UNCR.dcm", "emri_small.dcm", "emri_small_jpeg_2k_lossless.dcm"]
+    "name",
+    ["CT_small.dcm", "MR_small.dcm", "RG1_UNCR.dcm", "emri_small.dcm", "emri_small_jpeg_2k_lossless.dcm"],
 )
 def test_unchanged_pixels_survive_exactly_with_the_same_layout(name: str) -> None:
     source, derived, _ = round_trip(dicom_file(name))
-    for keyword in ("BitsAllocated", "BitsStored", "PixelRepresentation", "PhotometricInterpretation", "Rows"):
+    for keyword in (
+        "BitsAllocated",
+        "BitsStored",
+        "PixelRepresentation",
+        "PhotometricInterpretation",
+        "Rows",
+    ):
         assert derived[keyword].value == source[keyword].value, keyword
     np.testing.assert_array_equal(derived.pixel_array, source.pixel_array)
     assert derived.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
@@ -99,7 +107,10 @@ def test_truncated_dicom_is_invalid(keep: int) -> None:
         dicom.decode(data[: len(data) - keep], None, max_pixels=10**6)
 
 
-@pytest.mark.parametrize(("tag", "modality"), [("CT", "ct"), ("MR", "mr"), ("CR", "xray"), ("DX", "xray"), ("XA", "xray"), ("NM", None)])
+@pytest.mark.parametrize(
+    ("tag", "modality"),
+    [("CT", "ct"), ("MR", "mr"), ("CR", "xray"), ("DX", "xray"), ("XA", "xray"), ("NM", None)],
+)
 def test_modality_tag_mapping(tag: str, modality: str | None) -> None:
     ds = pydicom.Dataset()
     ds.Modality = tag
