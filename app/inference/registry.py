@@ -153,9 +153,9 @@ class _Refused(Exception):
 
 
 def _check_card(card: ModelCard, card_dir: Path, models_dir: Path) -> None:
-    relative = card_dir.relative_to(models_dir)
-    if relative.parts[0] != card.modality:
-        raise _Refused(f"card says modality {card.modality} but it sits under {relative.parts[0]}/")
+    folder = (card_dir.relative_to(models_dir).parts or ("the models folder itself",))[0]
+    if folder != card.modality:
+        raise _Refused(f"card says modality {card.modality} but it sits under {folder}/")
     if card.input.channels != 1 or card.output.channels != 1:
         raise _Refused("only single-channel models are supported")
 
