@@ -76,7 +76,9 @@ class Settings(BaseSettings):
     @field_validator("models_dir")
     @classmethod
     def _check_models_dir(cls, value: Path) -> Path:
-        if not value.is_dir():
+        # A missing folder is not fatal (a fresh clone before models are committed): the service
+        # starts and /readyz says why it is not ready. A file where the folder should be is.
+        if value.exists() and not value.is_dir():
             raise ValueError(f"models_dir {value} is not a folder")
         return value.resolve()
 

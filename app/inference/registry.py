@@ -225,6 +225,10 @@ def load_registry(settings: Settings) -> ModelRegistry:
     registry = ModelRegistry(models_dir=settings.models_dir, requested_providers=providers)
     options = session_options(settings)
     root = settings.models_dir
+    if not root.is_dir():
+        logger.warning("!!! models folder %s does not exist: no model will be served !!!", root)
+        registry.unserved.append(UnservedModel(str(root), "the models folder does not exist"))
+        return registry
     card_dirs = sorted(p.parent for p in root.rglob(CARD_FILENAME))
     for onnx_path in sorted(root.rglob("*.onnx")):
         if not (onnx_path.parent / CARD_FILENAME).is_file():

@@ -26,7 +26,7 @@ def test_providers_from_a_comma_list_in_priority_order(monkeypatch: pytest.Monke
         ("DENOISE_PROVIDERS", "auto,cpu"),
         ("DENOISE_TILE_SIZE", "10"),
         ("DENOISE_TILE_OVERLAP", "400"),
-        ("DENOISE_MODELS_DIR", "/no/such/folder"),
+        ("DENOISE_MODELS_DIR", __file__),  # a file, not a folder
         ("DENOISE_MAX_PIXELS", "0"),
         ("DENOISE_TILE_SIZ", "512"),  # a typo is refused, not ignored
     ],

@@ -44,6 +44,12 @@ def test_not_ready_without_models_and_the_reason_is_given(tmp_path: Path) -> Non
         assert response.status_code == 503 and response.json()["error"] == "model_unavailable"
 
 
+def test_not_ready_when_the_models_folder_is_missing(tmp_path: Path) -> None:
+    with TestClient(create_app(Settings(models_dir=tmp_path / "absent"))) as client:
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and "does not exist" in ready.json()["detail"]
+
+
 def sample(text: str, name: str, **labels: str) -> float:
     """The value of one Prometheus sample, 0 when it is absent."""
     for line in text.splitlines():
