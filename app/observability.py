@@ -12,6 +12,7 @@ import contextvars
 import logging
 import re
 import uuid
+import warnings
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -38,8 +39,15 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
+def silence_header_values() -> None:
+    """pydicom warns about malformed elements quoting their values (names, dates, ids): drop those."""
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module=r"pydicom(\..*)?$")
+
+
 def configure_logging(level: int = logging.INFO) -> None:
     """One line per event with the request id; idempotent, so create_app can call it every time."""
+    silence_header_values()
     root = logging.getLogger("app")
     if any(isinstance(f, RequestIdFilter) for h in root.handlers for f in h.filters):
         return
