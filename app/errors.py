@@ -47,6 +47,12 @@ class UnknownModality(DenoiseError):
     code = "unknown_modality"
 
 
+class ModalityNotServed(DenoiseError):
+    """A modality this service knows, for which no model is installed (not a failed load)."""
+
+    code = "modality_not_served"
+
+
 class ModelNotFound(DenoiseError):
     code = "unknown_model"
 

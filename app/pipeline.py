@@ -15,8 +15,9 @@ from typing import Literal
 import anyio
 import anyio.to_thread
 
-from app.errors import InvalidRequest, UnknownModality
-from app.imaging import codec
+from app.errors import InvalidRequest, ModalityNotServed, UnknownModality
+from app.imaging import codec, dicom
+from app.imaging.dicom_derive import Provenance
 from app.imaging.image import Image
 from app.inference.card import Modality
 from app.inference.engine import Denoiser, PhaseTimer
@@ -81,10 +82,20 @@ class DenoisePipeline:
         )
 
     def _choose_model(self, request: DenoiseRequest, image: Image) -> tuple[Modality, LoadedModel]:
+        served = dicom.tags_of(self.registry.modalities())
         if image.modality is None:
+            tag = image.meta.modality_tag if isinstance(image.meta, dicom.DicomMeta) else ""
             raise UnknownModality(
-                "The DICOM Modality tag names no modality this service denoises (CT, MR, CR, DX, "
-                "DR, RF, XA, MG, PX, IO); send the form field 'modality' (ct, mr or xray)."
+                f"The DICOM Modality '{tag or 'missing'}' has no model here; this service "
+                f"denoises {served}. Send the form field 'modality' (ct, mr or xray) only if "
+                "the image really is one of those."
+            )
+        served_any = bool(self.registry.models)  # none at all: not ready, answered 503 below
+        if served_any and image.modality not in self.registry.modalities() and not self.registry.failed_for(
+            image.modality
+        ):
+            raise ModalityNotServed(
+                f"No model for {image.modality} is installed; this service denoises {served}."
             )
         model = self.registry.resolve(image.modality, request.model)
         if request.strength is not None:
@@ -150,8 +161,8 @@ class DenoisePipeline:
         started = time.perf_counter()
         metrics = await anyio.to_thread.run_sync(self._metrics, request, image, denoised, clean, model)
         started = timer.add("metrics", started)
-        derivation = f"Denoised by medical-denoise with model {model.card.id} version {model.card.version}"
-        content = await anyio.to_thread.run_sync(codec.encode, denoised, derivation)
+        provenance = Provenance(model.card.id, model.card.version, request.strength)
+        content = await anyio.to_thread.run_sync(codec.encode, denoised, provenance)
         timer.add("encode", started)
         return DenoiseOutcome(
             content=content,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from app.errors import InvalidImage, InvalidRequest, UnsupportedImage
 from app.imaging import dicom, png
+from app.imaging.dicom_derive import Provenance
 from app.imaging.image import Image, ImageFormat
 from app.inference.card import Modality
 
@@ -61,8 +62,8 @@ def decode(
     return png.decode(data, modality, max_pixels, rescale_slope, rescale_intercept)
 
 
-def encode(image: Image, derivation: str) -> bytes:
-    """Write ``image`` in its own format; ``derivation`` is recorded where the format has room."""
+def encode(image: Image, provenance: Provenance) -> bytes:
+    """Write ``image`` in its own format; ``provenance`` is recorded where the format has room."""
     if image.format == "dicom":
-        return dicom.encode(image, derivation)
+        return dicom.encode(image, provenance)
     return png.encode(image)

@@ -1,22 +1,23 @@
 """DICOM in and out: grayscale images to physical units and back, as a derived instance.
 
 Reading (PS3.3 C.7.6.3 Image Pixel module, C.11.1 Modality LUT):
-* the stored values are decoded by pydicom (compressed transfer syntaxes via pylibjpeg);
-* the linear modality LUT (Rescale Slope / Intercept) takes them to physical units, so CT is in
-  Hounsfield units; a non-linear Modality LUT Sequence is refused (no exact inverse);
-* MONOCHROME1 (high value = dark, common for CR/DX) is inverted within the stored range so the
-  model sees MONOCHROME2 orientation, as in training; writing inverts back;
-* every frame of a multi-frame object is denoised on its own.
+* the stored values are decoded by pydicom: uncompressed (implicit and explicit VR, little and
+  big endian), deflated, RLE, and through the pylibjpeg plugins JPEG baseline / extended /
+  lossless, JPEG-LS and JPEG 2000 (HTJ2K too);
+* the modality LUT (``dicom_lut``: Rescale Slope / Intercept, a Modality LUT Sequence, or each
+  frame's Pixel Value Transformation) takes them to modality units, so CT is in Hounsfield
+  units. VOI LUT and Window Center / Width are never applied;
+* MONOCHROME1 (high value = dark, common for CR/DX) is mirrored within its range of units so the
+  model sees MONOCHROME2 orientation, as in training; writing mirrors back;
+* every frame of a multi-frame object is denoised;
+* colour, palette and YBR images (ultrasound, secondary capture), 1-bit and float pixel data are
+  refused with what is supported.
 
-Writing (PS3.3 C.7.6.1.1.2 Image Type, C.7.6.1.1.3 Derivation Description): a new instance with
-new SOP Instance and Series Instance UIDs, Image Type DERIVED\\SECONDARY, a Derivation
-Description naming the model and a Source Image Sequence pointing at the original; the same
-Bits Allocated / Bits Stored / Pixel Representation; the exact inverse modality LUT, rounding and
-clipping to the stored range; pixels equal to Pixel Padding Value are written back unchanged;
-uncompressed Explicit VR Little Endian. The source dataset is never modified.
-
-Each step is its own function so later work (VOI LUT, enhanced multi-frame functional groups,
-segmentation-aware padding) can slot in without reshaping the module.
+Writing: a derived instance (``dicom_derive`` writes its header) with the input's Bits
+Allocated, Bits Stored, High Bit, Pixel Representation and Photometric Interpretation; values
+go back through the inverse modality LUT, rounded and clipped to the stored range; pixels in the
+Pixel Padding Value range are written back unchanged; Smallest / Largest Image Pixel Value are
+recomputed; uncompressed Explicit VR Little Endian. The source dataset is never modified.
 """
 
 from __future__ import annotations
@@ -24,23 +25,30 @@ from __future__ import annotations
 import copy
 import io
 import struct
+import zlib
 from dataclasses import dataclass
+from datetime import datetime
 
 import numpy as np
 import pydicom
-from pydicom.dataset import Dataset
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import generate_frames
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import get_decoder
-from pydicom.sequence import Sequence
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
 
 from app.errors import ImageTooLarge, InvalidImage, MissingPixelData, UnsupportedImage
+from app.imaging import dicom_derive
+from app.imaging.dicom_derive import LossyCompression, Provenance
+from app.imaging.dicom_lut import ModalityLUT, invert_monochrome1, modality_luts, units_name
 from app.imaging.image import Image, StoredRange
 from app.inference.card import Modality
 
 MEDIA_TYPE = "application/dicom"
 PREAMBLE_LENGTH = 128
 MAGIC = b"DICM"
+IMPLEMENTATION_VERSION_NAME = "MEDDENOISE_" + dicom_derive.SOFTWARE_VERSION.replace(".", "")[:5]
 
 # DICOM Modality (0008,0060) -> the model family that denoises it. "DR" is not a defined term
 # but some vendors write it for digital radiography.
@@ -58,6 +66,10 @@ MODALITY_FROM_TAG: dict[str, Modality] = {
 }
 _UNITS: dict[Modality, str] = {"ct": "HU", "mr": "stored value", "xray": "stored value"}
 _GRAYSCALE = ("MONOCHROME1", "MONOCHROME2")
+SUPPORTED = (
+    "grayscale images (Photometric Interpretation MONOCHROME1 or MONOCHROME2, one sample per "
+    "pixel, 8 or 16 bits allocated, integer pixel data)"
+)
 
 
 @dataclass(frozen=True)
@@ -66,8 +78,21 @@ class DicomMeta:
 
     dataset: Dataset
     photometric: str
-    dtype: np.dtype
-    padding: np.ndarray | None  # True where the stored value is Pixel Padding Value
+    dtype: np.dtype  # native byte order
+    luts: tuple[ModalityLUT, ...]  # one per frame
+    padding: tuple[np.ndarray, np.ndarray] | None  # (where, stored values) of padding, not image
+    lossy: LossyCompression | None  # how the pixel data was lossy compressed in transit, if so
+
+    @property
+    def modality_tag(self) -> str:
+        return str(self.dataset.get("Modality", "") or "")
+
+    @property
+    def stored_limits(self) -> tuple[int, int]:
+        bits = int(self.dataset.get("BitsStored", self.dataset.BitsAllocated))
+        if int(self.dataset.get("PixelRepresentation", 0)) == 1:
+            return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+        return 0, (1 << bits) - 1
 
 
 def is_dicom(data: bytes) -> bool:
@@ -78,10 +103,19 @@ def modality_of(ds: Dataset) -> Modality | None:
     return MODALITY_FROM_TAG.get(str(ds.get("Modality", "")).upper())
 
 
+def tags_of(modalities: list[str]) -> str:
+    """``ct (DICOM CT), xray (DICOM CR, DX, ...)``: the served families with their Modality tags."""
+    parts = []
+    for modality in modalities:
+        tags = ", ".join(tag for tag, family in MODALITY_FROM_TAG.items() if family == modality)
+        parts.append(f"{modality} (DICOM Modality {tags})")
+    return "; ".join(parts) or "none"
+
+
 def _read(data: bytes) -> Dataset:
     try:
         return pydicom.dcmread(io.BytesIO(data))
-    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OSError, struct.error):
+    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OSError, struct.error, zlib.error):
         raise InvalidImage(
             "The DICOM file could not be parsed (truncated or corrupt); send the complete Part 10 file."
         ) from None
@@ -91,44 +125,25 @@ def _check_pixel_module(ds: Dataset) -> None:
     """Refuse what this service cannot denoise, with the reason, before decoding anything."""
     if "PixelData" not in ds:
         if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
-            raise UnsupportedImage("Float pixel data is not supported; send integer pixel data.")
+            raise UnsupportedImage(f"Float pixel data is not supported; this service denoises {SUPPORTED}.")
         raise MissingPixelData(
             "This DICOM object has no Pixel Data (it is not an image); send an image instance."
         )
     photometric = str(ds.get("PhotometricInterpretation", "")).upper()
     if photometric not in _GRAYSCALE or int(ds.get("SamplesPerPixel", 1)) != 1:
+        kind = "palette colour" if photometric == "PALETTE COLOR" else "colour"
         raise UnsupportedImage(
-            f"Photometric Interpretation {photometric or 'missing'} is not supported; only "
-            "grayscale (MONOCHROME1 or MONOCHROME2) images can be denoised."
+            f"Photometric Interpretation {photometric or 'missing'} ({kind}, e.g. ultrasound or "
+            f"secondary capture) is not supported; this service denoises {SUPPORTED} of CT, MR "
+            "and X-ray."
         )
     if int(ds.get("BitsAllocated", 0)) not in (8, 16):
-        raise UnsupportedImage("Only 8- and 16-bit allocated pixel data can be denoised.")
-    if "ModalityLUTSequence" in ds:
         raise UnsupportedImage(
-            "A non-linear Modality LUT Sequence is not supported; send an image that uses "
-            "Rescale Slope and Rescale Intercept."
+            f"Bits Allocated {ds.get('BitsAllocated', 'missing')} is not supported; this service "
+            f"denoises {SUPPORTED}."
         )
     if "Rows" not in ds or "Columns" not in ds:
         raise InvalidImage("The DICOM image has no Rows or Columns.")
-
-
-def rescale_of(ds: Dataset) -> tuple[float, float]:
-    """(slope, intercept) of the linear modality LUT, top level or shared functional group."""
-    source: Dataset = ds
-    if "RescaleSlope" not in ds and "SharedFunctionalGroupsSequence" in ds:
-        shared = ds.SharedFunctionalGroupsSequence[0]
-        if "PixelValueTransformationSequence" in shared:
-            source = shared.PixelValueTransformationSequence[0]
-    slope = float(source.get("RescaleSlope", 1.0) or 1.0)
-    intercept = float(source.get("RescaleIntercept", 0.0) or 0.0)
-    return slope, intercept
-
-
-def _stored_range(ds: Dataset) -> StoredRange:
-    slope, intercept = rescale_of(ds)
-    bits_stored = int(ds.get("BitsStored", ds.BitsAllocated))
-    signed = int(ds.get("PixelRepresentation", 0)) == 1
-    return StoredRange(bits_stored=bits_stored, signed=signed, slope=slope, intercept=intercept)
 
 
 def _frame_count(ds: Dataset) -> int:
@@ -137,10 +152,14 @@ def _frame_count(ds: Dataset) -> int:
 
 def _decode_pixels(ds: Dataset) -> np.ndarray:
     syntax = ds.file_meta.get("TransferSyntaxUID", ExplicitVRLittleEndian)
-    if syntax.is_compressed and not get_decoder(syntax).is_available:
+    try:
+        available = get_decoder(syntax).is_available
+    except NotImplementedError:
+        available = False
+    if not available:
         raise UnsupportedImage(
-            f"No decoder is installed for the transfer syntax {syntax.name}; send the image "
-            "uncompressed or in JPEG / JPEG-LS / JPEG 2000 / RLE."
+            f"The transfer syntax {getattr(syntax, 'name', syntax)} cannot be decoded here; send "
+            "the image uncompressed, deflated, RLE, JPEG, JPEG-LS or JPEG 2000."
         )
     try:
         pixels = ds.pixel_array
@@ -148,82 +167,149 @@ def _decode_pixels(ds: Dataset) -> np.ndarray:
         raise InvalidImage(
             "The DICOM pixel data could not be decoded (truncated or corrupt); send the complete file."
         ) from None
-    return pixels.reshape(_frame_count(ds), int(ds.Rows), int(ds.Columns))
+    pixels = pixels.reshape(_frame_count(ds), int(ds.Rows), int(ds.Columns))
+    return pixels.astype(pixels.dtype.newbyteorder("="), copy=False)
 
 
-def invert_monochrome1(frames: np.ndarray, stored: StoredRange) -> np.ndarray:
-    """Swap dark and bright within the stored range (an involution: applying it twice is identity)."""
-    low, high = stored.units_range()
-    return (low + high) - frames
+def _padding(ds: Dataset, stored_values: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Pixels that are padding, not image, and their values: Pixel Padding Value up to its Range
+    Limit (PS3.3 C.7.5.1.1.2)."""
+    if "PixelPaddingValue" not in ds:
+        return None
+    first = int(ds.PixelPaddingValue)
+    last = int(ds.get("PixelPaddingRangeLimit", first))
+    low, high = min(first, last), max(first, last)
+    mask = (stored_values >= low) & (stored_values <= high)
+    return (mask, stored_values[mask]) if mask.any() else None
+
+
+def _lossy_compression(ds: Dataset, stored_bytes: int) -> LossyCompression | None:
+    """How the pixel data arrived lossy compressed, with the ratio of its size (C.7.6.1.1.5.2)."""
+    syntax = ds.file_meta.get("TransferSyntaxUID", ExplicitVRLittleEndian)
+    if not syntax.is_encapsulated:
+        return None
+    try:
+        first = next(generate_frames(ds.PixelData, number_of_frames=_frame_count(ds)), None)
+    except Exception:  # a malformed fragment table only leaves JPEG 2000's lossiness unknown
+        first = None
+    method = dicom_derive.lossy_method(syntax, first)
+    if method is None:
+        return None
+    return LossyCompression(method=method, ratio=stored_bytes / max(len(ds.PixelData), 1))
 
 
 def decode(data: bytes, modality: Modality | None, max_pixels: int) -> Image:
     ds = _read(data)
     _check_pixel_module(ds)
-    pixel_count = int(ds.Rows) * int(ds.Columns) * _frame_count(ds)
+    frames_in_file = _frame_count(ds)
+    pixel_count = int(ds.Rows) * int(ds.Columns) * frames_in_file
     if pixel_count > max_pixels:
         raise ImageTooLarge(
             f"The image has {pixel_count} pixels (all frames), more than this service's limit "
             f"of {max_pixels}; send fewer frames or a smaller image."
         )
     stored_values = _decode_pixels(ds)
-    stored = _stored_range(ds)
-    padding = None
-    if "PixelPaddingValue" in ds:
-        padding = stored_values == int(ds.PixelPaddingValue)
-        padding = padding if padding.any() else None
-    frames = stored.to_units(stored_values)
+    luts = modality_luts(ds, frames_in_file)
+    frames = np.stack([lut.to_units(frame) for lut, frame in zip(luts, stored_values, strict=True)])
     photometric = str(ds.PhotometricInterpretation).upper()
-    if photometric == "MONOCHROME1":
-        frames = invert_monochrome1(frames, stored)
     modality = modality or modality_of(ds)
+    lossy = _lossy_compression(ds, stored_values.size * int(ds.BitsAllocated) // 8)
+    padding = _padding(ds, stored_values)
     del ds.PixelData  # decoded above; the header alone is kept to write the derived instance
-    meta = DicomMeta(dataset=ds, photometric=photometric, dtype=stored_values.dtype, padding=padding)
+    meta = DicomMeta(ds, photometric, stored_values.dtype, luts, padding, lossy)
+    if photometric == "MONOCHROME1":
+        frames = invert_monochrome1(frames, _units_ranges(meta))
+    first = luts[0]
+    bits_stored = int(ds.get("BitsStored", ds.BitsAllocated))
+    signed = int(ds.get("PixelRepresentation", 0)) == 1
     return Image(
         frames=frames,
         format="dicom",
         modality=modality,
-        units=_UNITS[modality] if modality else "stored value",
-        stored=stored,
+        units=units_name(ds, _UNITS[modality] if modality else "stored value"),
+        # For DICOM the per-frame modality LUTs in ``meta`` are authoritative; this describes frame 0.
+        stored=StoredRange(bits_stored, signed, first.slope, first.intercept),
         meta=meta,
     )
 
 
-def _mark_derived(ds: Dataset, source: Dataset, derivation: str) -> None:
-    ds.SeriesInstanceUID = generate_uid()
-    image_type = list(source.get("ImageType", []))
-    ds.ImageType = ["DERIVED", "SECONDARY", *image_type[2:]]
-    ds.DerivationDescription = derivation[:1024]  # ST: at most 1024 characters
-    if "SOPClassUID" in source and "SOPInstanceUID" in source:
-        reference = Dataset()
-        reference.ReferencedSOPClassUID = source.SOPClassUID
-        reference.ReferencedSOPInstanceUID = source.SOPInstanceUID
-        ds.SourceImageSequence = Sequence([reference])
-    # The extremes of the source pixels no longer hold for the denoised ones.
-    for keyword in ("SmallestImagePixelValue", "LargestImagePixelValue"):
-        if keyword in ds:
-            delattr(ds, keyword)
+def _units_ranges(meta: DicomMeta) -> list[tuple[float, float]]:
+    low, high = meta.stored_limits
+    return [lut.units_range(low, high) for lut in meta.luts]
 
 
-def encode(image: Image, derivation: str) -> bytes:
-    """A derived instance holding ``image.frames``; ``derivation`` names the model that made it."""
+def stored_values_of(image: Image) -> np.ndarray:
+    """The frames in stored values: MONOCHROME1 mirrored back, inverse modality LUT, clipped.
+
+    Pixels that were padding in the source get their source value back, so padding stays
+    padding (PS3.3 C.7.5.1.1.2).
+    """
+    meta: DicomMeta = image.meta
+    frames = image.frames
+    if meta.photometric == "MONOCHROME1":
+        frames = invert_monochrome1(frames, _units_ranges(meta))
+    low, high = meta.stored_limits
+    stored = np.stack([lut.to_stored(frame, low, high) for lut, frame in zip(meta.luts, frames, strict=True)])
+    if meta.padding is not None:
+        mask, values = meta.padding
+        stored[mask] = values  # the denoised padding is discarded: padding stays padding
+    return stored.astype(meta.dtype)
+
+
+def _pixel_data_element(values: np.ndarray, bits_allocated: int) -> DataElement:
+    raw = values.astype(values.dtype.newbyteorder("<"), copy=False).tobytes()
+    if len(raw) % 2:
+        raw += b"\x00"  # values have even length (PS3.5 7.1.1)
+    return DataElement(0x7FE00010, "OB" if bits_allocated == 8 else "OW", raw)
+
+
+def _file_meta(ds: Dataset) -> FileMetaDataset:
+    """PS3.10 7.1: this writer's implementation, the new instance, Explicit VR Little Endian."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    return meta
+
+
+_WORD_SIZES = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
+
+
+def _decode_every_value(ds: Dataset, big_endian: bool) -> None:
+    """Prepare a header read in any encoding for writing as Explicit VR Little Endian (PS3.5 7.3).
+
+    Walking every element makes pydicom decode the values it kept raw; the bytes of OW, OF, OL,
+    OD and OV values (LUT data, overlays) are byte-swapped from big endian word by word.
+    """
+    for element in ds.iterall():
+        size = _WORD_SIZES.get(str(element.VR))
+        if big_endian and size and isinstance(element.value, bytes) and len(element.value) % size == 0:
+            element.value = np.frombuffer(element.value, f">u{size}").astype(f"<u{size}").tobytes()
+
+
+def encode(image: Image, provenance: Provenance, now: datetime | None = None) -> bytes:
+    """A derived instance holding ``image.frames``, made by the model ``provenance`` names."""
     meta: DicomMeta = image.meta
     source = meta.dataset
     ds = copy.deepcopy(source)
-    ds.file_meta = copy.deepcopy(source.file_meta)
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    frames = image.frames
-    if meta.photometric == "MONOCHROME1":
-        frames = invert_monochrome1(frames, image.stored)
-    stored_values = image.stored.to_stored(frames, meta.dtype)
-    if meta.padding is not None:
-        stored_values[meta.padding] = np.asarray(source.PixelPaddingValue).astype(meta.dtype)
-    array = stored_values[0] if stored_values.shape[0] == 1 else stored_values
-    ds.set_pixel_data(array, meta.photometric, image.stored.bits_stored, generate_instance_uid=True)
-    if "NumberOfFrames" in source and "NumberOfFrames" not in ds:
-        ds.NumberOfFrames = 1  # set_pixel_data drops it for one frame; multi-frame IODs need it
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    _mark_derived(ds, source, derivation)
+    syntax = source.file_meta.get("TransferSyntaxUID", ExplicitVRLittleEndian)
+    _decode_every_value(ds, big_endian=not syntax.is_little_endian)
+    stored = stored_values_of(image)
+    dicom_derive.mark_derived(ds, source, provenance, meta.lossy, now or datetime.now())
+    ds.file_meta = _file_meta(ds)
+    bits_allocated = int(source.BitsAllocated)
+    ds[0x7FE00010] = _pixel_data_element(stored, bits_allocated)
+    for keyword in ("SmallestImagePixelValue", "LargestImagePixelValue"):
+        if keyword in source:  # kept true rather than dropped: viewers use them for a first window
+            setattr(ds, keyword, int(stored.min() if keyword.startswith("Smallest") else stored.max()))
     out = io.BytesIO()
-    ds.save_as(out, enforce_file_format=True)
+    try:
+        pydicom.dcmwrite(out, ds, implicit_vr=False, little_endian=True, enforce_file_format=True)
+    except (ValueError, TypeError, OverflowError, struct.error):
+        raise InvalidImage(
+            "The DICOM header holds values that cannot be written back as Explicit VR Little Endian; "
+            "send a file whose header is valid."
+        ) from None
     return out.getvalue()

@@ -63,6 +63,10 @@ class ModelRegistry:
     def modalities(self) -> list[str]:
         return sorted({m.card.modality for m in self.models.values()})
 
+    def failed_for(self, modality: str) -> bool:
+        """Whether a model for ``modality`` was found but not served (its folder is <modality>/...)."""
+        return any(Path(u.path).parts[:1] == (modality,) for u in self.unserved)
+
     def resolve(self, modality: Modality, name: str | None) -> LoadedModel:
         """The model for ``modality`` named by id or architecture, or the modality's default."""
         candidates = [m for m in self.models.values() if m.card.modality == modality]

@@ -5,17 +5,23 @@ import io
 import numpy as np
 import pydicom
 import pytest
-from pydicom.pixels import apply_modality_lut
+from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
 from app.errors import InvalidImage, MissingPixelData, UnsupportedImage
 from app.imaging import dicom
+from app.imaging.dicom_derive import Provenance
+from app.imaging.dicom_lut import ModalityLUT
 from app.imaging.image import Image
 from tests.files import dicom_file
 
+PROVENANCE = Provenance("test-model", "1")
 
-def round_trip(data: bytes, change: float = 0.0) -> tuple[pydicom.Dataset, pydicom.Dataset, Image]:
-    image = dicom.decode(data, None, max_pixels=10**8)
-    out = dicom.encode(image.with_frames(image.frames + change), "Denoised by test-model version 1")
+
+def round_trip(
+    data: bytes, change: float = 0.0, provenance: Provenance = PROVENANCE, modality: str | None = None
+) -> tuple[pydicom.Dataset, pydicom.Dataset, Image]:
+    image = dicom.decode(data, modality, max_pixels=10**8)  # type: ignore[arg-type]
+    out = dicom.encode(image.with_frames(image.frames + change), provenance)
     return pydicom.dcmread(io.BytesIO(data)), pydicom.dcmread(io.BytesIO(out)), image
 
 
@@ -115,3 +121,250 @@ def test_modality_tag_mapping(tag: str, modality: str | None) -> None:
     ds = pydicom.Dataset()
     ds.Modality = tag
     assert dicom.modality_of(ds) == modality
+
+
+# --- reading: every transfer syntax, the modality LUT, padding --------------------------------
+
+
+def jpeg_baseline_cr() -> bytes:
+    """An 8-bit grayscale CR in JPEG Baseline (process 1): pydicom's test files have none."""
+    import cv2
+    from pydicom.encaps import encapsulate
+
+    ds = pydicom.dcmread(io.BytesIO(dicom_file("CT_small.dcm")))
+    pixels = (np.clip(ds.pixel_array.astype(np.int64) // 8, 0, 255)).astype(np.uint8)
+    ok, jpeg = cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    assert ok
+    ds.Modality, ds.SOPClassUID = "CR", pydicom.uid.ComputedRadiographyImageStorage
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    for keyword in ("RescaleSlope", "RescaleIntercept", "SmallestImagePixelValue", "LargestImagePixelValue"):
+        delattr(ds, keyword) if keyword in ds else None
+    ds.PixelData = encapsulate([jpeg.tobytes()])
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.JPEGBaseline8Bit
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("name", "syntax"),
+    [
+        ("MR_small_implicit.dcm", pydicom.uid.ImplicitVRLittleEndian),
+        ("MR_small.dcm", pydicom.uid.ExplicitVRLittleEndian),
+        ("MR_small_bigendian.dcm", pydicom.uid.ExplicitVRBigEndian),
+        ("image_dfl.dcm", pydicom.uid.DeflatedExplicitVRLittleEndian),
+        ("MR_small_RLE.dcm", pydicom.uid.RLELossless),
+        ("JPGExtended.dcm", pydicom.uid.JPEGExtended12Bit),
+        ("JPEG-LL.dcm", pydicom.uid.JPEGLosslessSV1),  # 16-bit; 1.2.840.10008.1.2.4.57 has no file
+        ("JPGLosslessP14SV1_1s_1f_8b.dcm", pydicom.uid.JPEGLosslessSV1),
+        ("MR_small_jpeg_ls_lossless.dcm", pydicom.uid.JPEGLSLossless),
+        ("JPEGLSNearLossless_16.dcm", pydicom.uid.JPEGLSNearLossless),
+        ("MR_small_jp2klossless.dcm", pydicom.uid.JPEG2000Lossless),
+        ("693_J2KI.dcm", pydicom.uid.JPEG2000),
+        ("jpeg-baseline", pydicom.uid.JPEGBaseline8Bit),
+    ],
+)
+def test_every_common_transfer_syntax_decodes_and_comes_back_uncompressed(name: str, syntax: str) -> None:
+    data = jpeg_baseline_cr() if name == "jpeg-baseline" else dicom_file(name)
+    source, derived, image = round_trip(data, modality="xray")
+    assert source.file_meta.TransferSyntaxUID == syntax
+    np.testing.assert_array_equal(image.frames.reshape(source.pixel_array.shape), apply_modality_lut(source.pixel_array, source))
+    assert derived.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
+    np.testing.assert_array_equal(derived.pixel_array, source.pixel_array)
+    assert derived.pixel_array.dtype == source.pixel_array.dtype.newbyteorder("=")
+
+
+def test_modality_lut_sequence_is_applied_and_inverted() -> None:
+    """mlut_18.dcm maps stored values through a 4096-entry Modality LUT (PS3.3 C.11.1.1.1)."""
+    source, derived, image = round_trip(dicom_file("mlut_18.dcm"), modality="xray")
+    expected = apply_modality_lut(source.pixel_array, source)
+    np.testing.assert_array_equal(image.frames[0], expected)
+    np.testing.assert_array_equal(apply_modality_lut(derived.pixel_array, derived), expected)
+    assert "ModalityLUTSequence" in derived and "RescaleSlope" not in derived
+
+
+def test_table_lut_inverse_takes_the_nearest_entry() -> None:
+    lut = ModalityLUT(first_mapped=-2, table=np.array([0.0, 0.0, 10.0, 20.0, 40.0]))
+    stored = lut.to_stored(np.array([0.0, 9.0, 14.9, 15.1, 39.0, 1000.0, -5.0]), low=-2, high=2)
+    assert lut.to_units(stored).tolist() == [0.0, 10.0, 10.0, 20.0, 40.0, 40.0, 0.0]
+    assert lut.units_range(-2, 2) == (0.0, 40.0)
+
+
+def test_linear_lut_inverse_rounds_and_clips() -> None:
+    lut = ModalityLUT(slope=2.0, intercept=-1024.0)
+    assert lut.to_stored(np.array([-1024.0, -1021.2, 10**9]), low=0, high=4095).tolist() == [0, 1, 4095]
+
+
+def test_per_frame_rescale_of_enhanced_objects_is_used_frame_by_frame() -> None:
+    ds = pydicom.dcmread(io.BytesIO(dicom_file("eCT_Supplemental.dcm")))
+    shared = ds.SharedFunctionalGroupsSequence[0]
+    transformation = shared.PixelValueTransformationSequence
+    del shared.PixelValueTransformationSequence
+    for index, group in enumerate(ds.PerFrameFunctionalGroupsSequence):
+        item = pydicom.Dataset()
+        item.RescaleSlope, item.RescaleIntercept = index + 1, transformation[0].RescaleIntercept
+        item.RescaleType = "HU"
+        group.PixelValueTransformationSequence = pydicom.Sequence([item])
+    out = io.BytesIO()
+    ds.save_as(out)
+    source, derived, image = round_trip(out.getvalue())
+    for index in range(2):
+        np.testing.assert_array_equal(
+            image.frames[index], source.pixel_array[index] * (index + 1.0) + float(transformation[0].RescaleIntercept)
+        )
+    np.testing.assert_array_equal(derived.pixel_array, source.pixel_array)
+    assert image.units == "HU"
+
+
+def test_padding_stays_padding() -> None:
+    ds = pydicom.dcmread(io.BytesIO(dicom_file("MR_small.dcm")))
+    ds.PixelPaddingValue, ds.PixelPaddingRangeLimit = int(ds.pixel_array.min()), int(ds.pixel_array.min()) + 20
+    ds["PixelPaddingValue"].VR = ds["PixelPaddingRangeLimit"].VR = "SS"  # signed pixels
+    buffer = io.BytesIO()
+    ds.save_as(buffer)
+    source, derived, image = round_trip(buffer.getvalue(), change=50.0)
+    padding = source.pixel_array <= int(source.PixelPaddingRangeLimit)
+    assert padding.any()
+    np.testing.assert_array_equal(derived.pixel_array[padding], source.pixel_array[padding])
+    assert (derived.pixel_array[~padding] != source.pixel_array[~padding]).all()
+
+
+def test_window_and_voi_are_kept_not_applied() -> None:
+    source, derived, image = round_trip(dicom_file("MR2_UNCR.dcm"))
+    np.testing.assert_array_equal(image.frames[0], apply_modality_lut(source.pixel_array, source))
+    assert not np.array_equal(image.frames[0], apply_voi_lut(source.pixel_array, source))
+    assert (derived.WindowCenter, derived.WindowWidth) == (source.WindowCenter, source.WindowWidth)
+
+
+# --- writing: the derived instance's header ---------------------------------------------------
+
+
+def test_derived_header_keeps_geometry_units_and_identity() -> None:
+    source, derived, _ = round_trip(dicom_file("CT_small.dcm"))
+    for keyword in (
+        "StudyInstanceUID",
+        "PatientID",
+        "PatientName",
+        "FrameOfReferenceUID",
+        "ImagePositionPatient",
+        "ImageOrientationPatient",
+        "PixelSpacing",
+        "SliceThickness",
+        "InstanceNumber",
+        "RescaleSlope",
+        "RescaleIntercept",
+        "BitsAllocated",
+        "BitsStored",
+        "HighBit",
+        "PixelRepresentation",
+        "SOPClassUID",
+        "Modality",
+    ):
+        assert derived[keyword].value == source[keyword].value, keyword
+    assert derived.file_meta.MediaStorageSOPInstanceUID == derived.SOPInstanceUID
+    assert derived.file_meta.MediaStorageSOPClassUID == derived.SOPClassUID
+    assert derived.file_meta.ImplementationClassUID == pydicom.uid.PYDICOM_IMPLEMENTATION_UID
+
+
+def test_derived_header_says_how_it_was_made() -> None:
+    provenance = Provenance("ct-unet", "1.2.0", None)
+    source, derived, _ = round_trip(dicom_file("693_UNCR.dcm"), provenance=provenance)
+    assert list(derived.ImageType) == ["DERIVED", "SECONDARY", *list(source.ImageType)[2:]]
+    assert "ct-unet" in derived.DerivationDescription and "1.2.0" in derived.DerivationDescription
+    assert "strength model default" in derived.DerivationDescription
+    code = derived.DerivationCodeSequence[-1]
+    assert (code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning) == ("113087", "DCM", "Smoothing")
+    (reference,) = derived.SourceImageSequence
+    assert reference.ReferencedSOPInstanceUID == source.SOPInstanceUID
+    assert reference.ReferencedSOPClassUID == source.SOPClassUID
+    purpose = reference.PurposeOfReferenceCodeSequence[0]
+    assert (purpose.CodeValue, purpose.CodingSchemeDesignator) == ("121322", "DCM")
+    assert purpose.CodeMeaning == "Source image for image processing operation"
+    equipment = derived.ContributingEquipmentSequence[-1]
+    assert equipment.PurposeOfReferenceCodeSequence[0].CodeValue == "109102"
+    assert equipment.Manufacturer == "medical-denoise" and "ct-unet 1.2.0" in equipment.SoftwareVersions
+    assert derived.SeriesDescription == f"{source.SeriesDescription} [denoised ct-unet 1.2.0]".strip()
+    assert int(derived.SeriesNumber) == int(source.SeriesNumber) + 1000
+    assert len(derived.SeriesDescription) <= 64
+
+
+def test_uids_are_new_and_deterministic_per_series_and_model() -> None:
+    data = dicom_file("CT_small.dcm")
+    source, first, _ = round_trip(data)
+    _, again, _ = round_trip(data)
+    assert first.SOPInstanceUID != source.SOPInstanceUID and first.SeriesInstanceUID != source.SeriesInstanceUID
+    assert (again.SOPInstanceUID, again.SeriesInstanceUID) == (first.SOPInstanceUID, first.SeriesInstanceUID)
+    # Another slice of the same series lands in the same derived series, as a new instance.
+    other = pydicom.dcmread(io.BytesIO(data))
+    other.SOPInstanceUID = pydicom.uid.generate_uid()
+    buffer = io.BytesIO()
+    other.save_as(buffer)
+    _, sibling, _ = round_trip(buffer.getvalue())
+    assert sibling.SeriesInstanceUID == first.SeriesInstanceUID and sibling.SOPInstanceUID != first.SOPInstanceUID
+    # Another model, version or strength makes another series.
+    for provenance in (Provenance("other", "1"), Provenance("test-model", "2"), Provenance("test-model", "1", 0.5)):
+        _, derived, _ = round_trip(data, provenance=provenance)
+        assert derived.SeriesInstanceUID != first.SeriesInstanceUID
+    assert pydicom.uid.UID(first.SeriesInstanceUID).is_valid and first.SeriesInstanceUID.startswith("2.25.")
+
+
+def test_smallest_and_largest_pixel_values_are_recomputed() -> None:
+    source, derived, _ = round_trip(dicom_file("MR_small.dcm"), change=7.0)
+    assert "SmallestImagePixelValue" in source
+    assert derived.SmallestImagePixelValue == derived.pixel_array.min()
+    assert derived.LargestImagePixelValue == derived.pixel_array.max()
+
+
+@pytest.mark.parametrize(
+    ("name", "lossy", "method"),
+    [
+        ("RG1_J2KI.dcm", "01", None),  # already says 01: kept as it was
+        ("JPEGLSNearLossless_16.dcm", "01", "ISO_14495_1"),  # did not say: now it does
+        ("693_J2KR.dcm", None, None),  # reversible JPEG 2000 is lossless
+        ("CT_small.dcm", None, None),
+    ],
+)
+def test_lossy_compression_of_the_source_is_carried(name: str, lossy: str | None, method: str | None) -> None:
+    source, derived, _ = round_trip(dicom_file(name), modality="ct")
+    assert derived.get("LossyImageCompression") == (lossy or source.get("LossyImageCompression"))
+    if method:
+        assert derived.LossyImageCompressionMethod == method
+        assert float(derived.LossyImageCompressionRatio) > 1
+
+
+def test_j2k_wavelet_is_read_from_the_codestream() -> None:
+    from pydicom.encaps import generate_frames
+
+    from app.imaging.dicom_derive import j2k_is_irreversible
+
+    for name, irreversible in (("RG1_J2KI.dcm", True), ("RG1_J2KR.dcm", False)):
+        ds = pydicom.dcmread(io.BytesIO(dicom_file(name)))
+        assert j2k_is_irreversible(next(generate_frames(ds.PixelData, number_of_frames=1))) is irreversible
+
+
+def test_enhanced_objects_carry_the_derivation_in_their_functional_groups() -> None:
+    source, derived, _ = round_trip(dicom_file("eCT_Supplemental.dcm"))
+    assert list(derived.ImageType)[:2] == ["DERIVED", "PRIMARY"]  # value 2 is PRIMARY only here
+    shared = derived.SharedFunctionalGroupsSequence[0]
+    assert shared.CTImageFrameTypeSequence[0].FrameType[0] == "DERIVED"
+    derivation = shared.DerivationImageSequence[0]
+    assert derivation.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+    assert "test-model" in derivation.DerivationDescription
+    assert "SourceImageSequence" not in derived
+    evidence = derived.SourceImageEvidenceSequence[0]
+    assert evidence.ReferencedSeriesSequence[0].SeriesInstanceUID == source.SeriesInstanceUID
+    assert derived.PerFrameFunctionalGroupsSequence == source.PerFrameFunctionalGroupsSequence
+
+
+def test_the_source_dataset_is_not_modified() -> None:
+    image = dicom.decode(dicom_file("CT_small.dcm"), None, max_pixels=10**6)
+    before = image.meta.dataset.to_json_dict()
+    dicom.encode(image, PROVENANCE)
+    assert image.meta.dataset.to_json_dict() == before
+
+
+def test_colour_is_refused_with_what_is_supported() -> None:
+    with pytest.raises(UnsupportedImage) as refused:
+        dicom.decode(dicom_file("US1_UNCR.dcm"), None, max_pixels=10**8)
+    assert "RGB" in refused.value.detail and "MONOCHROME1 or MONOCHROME2" in refused.value.detail
