@@ -153,3 +153,35 @@ def test_tiny_images_are_denoised_and_their_metrics_skipped(
     assert response.status_code == 200, response.text
     assert read_png(response.content).shape == shape
     assert "skipped" in json.loads(response.headers["x-denoise-metrics"])["noref"]
+
+
+def test_dicom_of_a_modality_without_a_model_is_422_naming_what_is_served(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from app.main import create_app
+    from app.settings import Settings
+    from tests.tiny_models import write_model
+
+    write_model(tmp_path, "ct", "unet")
+    with TestClient(create_app(Settings(models_dir=tmp_path, intra_op_threads=1))) as ct_only:
+        response = post(ct_only, dicom_file("MR_small.dcm"))
+        assert response.status_code == 422 and response.json()["error"] == "modality_not_served"
+        assert "ct (DICOM Modality CT)" in response.json()["detail"]
+        nuclear = post(ct_only, dicom_file("JPEG2000_UNC.dcm"))  # NM: no model family at all
+        assert nuclear.status_code == 422 and nuclear.json()["error"] == "unknown_modality"
+        assert "'NM'" in nuclear.json()["detail"] and "ct (DICOM Modality CT)" in nuclear.json()["detail"]
+
+
+def test_colour_dicom_is_415_saying_what_is_supported(client: TestClient) -> None:
+    response = post(client, dicom_file("US1_UNCR.dcm"), modality="xray")
+    assert response.status_code == 415 and response.json()["error"] == "unsupported_image"
+    assert "MONOCHROME1 or MONOCHROME2" in response.json()["detail"]
+
+
+def test_dicom_retries_write_the_same_instance_and_slices_share_a_series(client: TestClient) -> None:
+    first = pydicom.dcmread(io.BytesIO(post(client, dicom_file("CT_small.dcm"), metrics="none").content))
+    again = pydicom.dcmread(io.BytesIO(post(client, dicom_file("CT_small.dcm"), metrics="none").content))
+    assert (first.SOPInstanceUID, first.SeriesInstanceUID) == (again.SOPInstanceUID, again.SeriesInstanceUID)
+    other = pydicom.dcmread(
+        io.BytesIO(post(client, dicom_file("CT_small.dcm"), model="ct-autoencoder", metrics="none").content)
+    )
+    assert other.SeriesInstanceUID != first.SeriesInstanceUID
+    assert "ct-unet" in first.DerivationDescription and "ct-autoencoder" in other.SeriesDescription
