@@ -232,7 +232,8 @@ def _contributing_equipment(provenance: Provenance, now: datetime) -> Dataset:
     item.PurposeOfReferenceCodeSequence = Sequence([_code(EQUIPMENT_PURPOSE_CODE)])
     item.Manufacturer = SOFTWARE_NAME
     item.ManufacturerModelName = f"{SOFTWARE_NAME} model {provenance.model_id}"[:_LO_LENGTH]
-    item.SoftwareVersions = [SOFTWARE_VERSION, f"{provenance.model_id} {provenance.model_version}"[:_LO_LENGTH]]
+    model = f"{provenance.model_id} {provenance.model_version}"[:_LO_LENGTH]
+    item.SoftwareVersions = [SOFTWARE_VERSION, model]
     item.ContributionDateTime = now.strftime("%Y%m%d%H%M%S")
     item.ContributionDescription = provenance.description[:_ST_LENGTH]
     return item

@@ -20,7 +20,10 @@ _ERRORS = {
     400: "not an image, truncated or corrupt",
     413: "upload larger than DENOISE_MAX_UPLOAD_BYTES, or more pixels than DENOISE_MAX_PIXELS",
     415: "an image this service does not denoise: colour, palette, JPEG/TIFF, unsupported DICOM",
-    422: "a missing or invalid field: modality for a PNG, unknown model, strength, reference",
+    422: (
+        "a missing or invalid field (modality for a PNG, unknown model, strength, reference), "
+        "a DICOM modality with no model here, or no pixel data"
+    ),
     503: "no loaded model can serve this modality",
 }
 _IMAGE_CONTENT = {

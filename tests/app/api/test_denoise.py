@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -12,7 +13,10 @@ import pytest
 from fastapi.testclient import TestClient
 from pydicom.pixels import apply_modality_lut
 
+from app.main import create_app
+from app.settings import Settings
 from tests.files import dicom_file, png_bytes, read_png
+from tests.tiny_models import write_model
 
 
 def post(client: TestClient, data: bytes, headers: dict[str, str] | None = None, **fields: str):  # type: ignore[no-untyped-def]
@@ -155,11 +159,7 @@ def test_tiny_images_are_denoised_and_their_metrics_skipped(
     assert "skipped" in json.loads(response.headers["x-denoise-metrics"])["noref"]
 
 
-def test_dicom_of_a_modality_without_a_model_is_422_naming_what_is_served(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from app.main import create_app
-    from app.settings import Settings
-    from tests.tiny_models import write_model
-
+def test_dicom_of_a_modality_without_a_model_is_422_naming_what_is_served(tmp_path: Path) -> None:
     write_model(tmp_path, "ct", "unet")
     with TestClient(create_app(Settings(models_dir=tmp_path, intra_op_threads=1))) as ct_only:
         response = post(ct_only, dicom_file("MR_small.dcm"))

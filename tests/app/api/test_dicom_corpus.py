@@ -179,7 +179,8 @@ _ELEMENT = re.compile(r"\(0x[0-9a-fA-F]{4},0x[0-9a-fA-F]{4}\)[^<\[]*")
 
 
 def _dciodvfy_errors(path: Path) -> set[str]:
-    result = subprocess.run([DCIODVFY, str(path)], capture_output=True, text=True, timeout=60)  # type: ignore[list-item]
+    assert DCIODVFY is not None
+    result = subprocess.run([DCIODVFY, str(path)], capture_output=True, text=True, timeout=60)
     lines = (result.stdout + result.stderr).splitlines()
     return {_ELEMENT.sub("(element) ", line).strip() for line in lines if line.startswith("Error")}
 

@@ -169,7 +169,8 @@ def test_every_common_transfer_syntax_decodes_and_comes_back_uncompressed(name: 
     data = jpeg_baseline_cr() if name == "jpeg-baseline" else dicom_file(name)
     source, derived, image = round_trip(data, modality="xray")
     assert source.file_meta.TransferSyntaxUID == syntax
-    np.testing.assert_array_equal(image.frames.reshape(source.pixel_array.shape), apply_modality_lut(source.pixel_array, source))
+    expected = apply_modality_lut(source.pixel_array, source)
+    np.testing.assert_array_equal(image.frames.reshape(expected.shape), expected)
     assert derived.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
     np.testing.assert_array_equal(derived.pixel_array, source.pixel_array)
     assert derived.pixel_array.dtype == source.pixel_array.dtype.newbyteorder("=")
@@ -210,16 +211,17 @@ def test_per_frame_rescale_of_enhanced_objects_is_used_frame_by_frame() -> None:
     ds.save_as(out)
     source, derived, image = round_trip(out.getvalue())
     for index in range(2):
-        np.testing.assert_array_equal(
-            image.frames[index], source.pixel_array[index] * (index + 1.0) + float(transformation[0].RescaleIntercept)
-        )
+        intercept = float(transformation[0].RescaleIntercept)
+        expected = source.pixel_array[index] * (index + 1.0) + intercept
+        np.testing.assert_array_equal(image.frames[index], expected)
     np.testing.assert_array_equal(derived.pixel_array, source.pixel_array)
     assert image.units == "HU"
 
 
 def test_padding_stays_padding() -> None:
     ds = pydicom.dcmread(io.BytesIO(dicom_file("MR_small.dcm")))
-    ds.PixelPaddingValue, ds.PixelPaddingRangeLimit = int(ds.pixel_array.min()), int(ds.pixel_array.min()) + 20
+    lowest = int(ds.pixel_array.min())
+    ds.PixelPaddingValue, ds.PixelPaddingRangeLimit = lowest, lowest + 20
     ds["PixelPaddingValue"].VR = ds["PixelPaddingRangeLimit"].VR = "SS"  # signed pixels
     buffer = io.BytesIO()
     ds.save_as(buffer)
@@ -293,7 +295,8 @@ def test_uids_are_new_and_deterministic_per_series_and_model() -> None:
     data = dicom_file("CT_small.dcm")
     source, first, _ = round_trip(data)
     _, again, _ = round_trip(data)
-    assert first.SOPInstanceUID != source.SOPInstanceUID and first.SeriesInstanceUID != source.SeriesInstanceUID
+    assert first.SOPInstanceUID != source.SOPInstanceUID
+    assert first.SeriesInstanceUID != source.SeriesInstanceUID
     assert (again.SOPInstanceUID, again.SeriesInstanceUID) == (first.SOPInstanceUID, first.SeriesInstanceUID)
     # Another slice of the same series lands in the same derived series, as a new instance.
     other = pydicom.dcmread(io.BytesIO(data))
@@ -301,9 +304,11 @@ def test_uids_are_new_and_deterministic_per_series_and_model() -> None:
     buffer = io.BytesIO()
     other.save_as(buffer)
     _, sibling, _ = round_trip(buffer.getvalue())
-    assert sibling.SeriesInstanceUID == first.SeriesInstanceUID and sibling.SOPInstanceUID != first.SOPInstanceUID
+    assert sibling.SeriesInstanceUID == first.SeriesInstanceUID
+    assert sibling.SOPInstanceUID != first.SOPInstanceUID
     # Another model, version or strength makes another series.
-    for provenance in (Provenance("other", "1"), Provenance("test-model", "2"), Provenance("test-model", "1", 0.5)):
+    others = (Provenance("other", "1"), Provenance("test-model", "2"), Provenance("test-model", "1", 0.5))
+    for provenance in others:
         _, derived, _ = round_trip(data, provenance=provenance)
         assert derived.SeriesInstanceUID != first.SeriesInstanceUID
     assert pydicom.uid.UID(first.SeriesInstanceUID).is_valid and first.SeriesInstanceUID.startswith("2.25.")
