@@ -134,9 +134,7 @@ class DenoisePipeline:
             return metrics
         metrics["noref"] = summary.no_reference(image.frames, denoised.frames, image.units)
         if clean is not None:
-            spec = model.card.normalisation
-            fixed = spec.high - spec.low if spec.kind == "fixed" else None  # type: ignore[operator]
-            data_range = reference_data_range(clean.frames, fixed)
+            data_range = reference_data_range(clean.frames, model.card.modality)
             metrics["reference"] = summary.with_reference(
                 image.frames, denoised.frames, clean.frames, data_range, image.units
             )

@@ -57,12 +57,8 @@ def _config_from_card(card: ModelCard, crop: int) -> TrainConfig:
     )
 
 
-def _fixed_width(spec: NormalisationSpec) -> float | None:
-    return spec.high - spec.low if spec.kind == "fixed" else None  # type: ignore[operator]
-
-
-def score(clean: np.ndarray, denoised: np.ndarray, spec: NormalisationSpec, seconds: float) -> Scored:
-    data_range = reference_data_range(clean, _fixed_width(spec))
+def score(clean: np.ndarray, denoised: np.ndarray, modality: str, seconds: float) -> Scored:
+    data_range = reference_data_range(clean, modality)
     return Scored(psnr(clean, denoised, data_range), ssim(clean, denoised, data_range), mae(clean, denoised),
                   seconds / (clean.size / 1e6))
 
@@ -78,10 +74,10 @@ def classical_denoise(method: ClassicalMethod, parameter: float, image: Validati
     return out, time.perf_counter() - started
 
 
-def tune(method: ClassicalMethod, images: list[ValidationImage], spec: NormalisationSpec) -> float:
+def tune(method: ClassicalMethod, images: list[ValidationImage], spec: NormalisationSpec, modality: str) -> float:
     if len(method.grid) == 1:
         return method.grid[0]
-    results = {p: np.mean([score(i.clean, classical_denoise(method, p, i, spec)[0], spec, 0).psnr for i in images])
+    results = {p: np.mean([score(i.clean, classical_denoise(method, p, i, spec)[0], modality, 0).psnr for i in images])
                for p in method.grid}
     return max(results, key=results.__getitem__)
 
@@ -123,7 +119,7 @@ def evaluate_modality(modality: str, models_dir: Path, prepared: Path, slices: i
     for method in methods:  # imports and first-call set-up are not part of the timing either
         method.run(warm, 0.05, method.grid[0])
     validation = validation_set(prepared, config, seed=VAL_SEED)
-    parameters = {m.name: tune(m, validation, spec) for m in methods}
+    parameters = {m.name: tune(m, validation, spec, modality) for m in methods}
     log.info("%s: tuned on %d validation images: %s", modality, len(validation), parameters)
 
     levels: dict[str, Any] = {}
@@ -133,13 +129,13 @@ def evaluate_modality(modality: str, models_dir: Path, prepared: Path, slices: i
         table: dict[str, list[Scored]] = {"noisy input": [], **{m.name: [] for m in methods},
                                           **{arch: [] for arch in predictors}}
         for image in images:
-            table["noisy input"].append(score(image.clean, image.noisy, spec, 0.0))
+            table["noisy input"].append(score(image.clean, image.noisy, modality, 0.0))
             for method in methods:
                 out, seconds = classical_denoise(method, parameters[method.name], image, spec)
-                table[method.name].append(score(image.clean, out, spec, seconds))
+                table[method.name].append(score(image.clean, out, modality, seconds))
             for arch, predict in predictors.items():
                 out, seconds = model_denoise(predict, image, spec)
-                table[arch].append(score(image.clean, out, spec, seconds))
+                table[arch].append(score(image.clean, out, modality, seconds))
         levels[level_name] = {"level": level, "images": len(images),
                               "methods": {name: _mean(scores) for name, scores in table.items()}}
         log.info("%s %s (%s): %s", modality, level_name, level,

@@ -63,11 +63,10 @@ def validate(model: torch.nn.Module, images: list[ValidationImage], config: Trai
     """Mean PSNR (dB) over the validation images, in native units."""
     model.eval()
     predict = torch_predictor(model, device)
-    fixed = config.normalisation.high - config.normalisation.low if config.normalisation.kind == "fixed" else None
     scores = []
     for image in images:
         denoised = denoise_native(predict, image.noisy, config.normalisation)
-        scores.append(psnr(image.clean, denoised, reference_data_range(image.clean, fixed)))
+        scores.append(psnr(image.clean, denoised, reference_data_range(image.clean, config.run.modality)))
     model.train()
     return float(np.mean(scores))
 

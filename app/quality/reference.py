@@ -89,14 +89,19 @@ def ssim(reference: np.ndarray, test: np.ndarray, data_range: float) -> float:
     return float(values[pad:-pad, pad:-pad].mean())
 
 
-def reference_data_range(reference: np.ndarray, fixed_window_width: float | None = None) -> float:
+# CT values span the 12-bit Hounsfield range -1024..3071: metrics on CT are quoted against it,
+# whatever window a model normalises with, so every CT number is comparable.
+CT_DATA_RANGE_HU = 4095.0
+
+
+def reference_data_range(reference: np.ndarray, modality: str) -> float:
     """The data range reference metrics are quoted against.
 
-    Where the units are absolute (CT in HU) this is the width of the model's fixed window, so
-    numbers compare across images; elsewhere the reference image's own range (max - min).
+    Where the units are absolute (CT in HU) a fixed range, so numbers compare across images and
+    models; elsewhere the reference image's own range (max - min).
     """
-    if fixed_window_width is not None:
-        return _check_range(fixed_window_width)
+    if modality == "ct":
+        return CT_DATA_RANGE_HU
     span = float(np.max(reference) - np.min(reference))
     return span if span > 0 else 1.0
 

@@ -29,8 +29,8 @@ def test_psnr_and_ssim_match_scikit_image(pair: tuple[np.ndarray, np.ndarray]) -
     assert reference.mse(clean, noisy) == pytest.approx(metrics.mean_squared_error(clean, noisy))
 
 
-def test_data_range_is_the_fixed_window_or_the_reference_spread(pair: tuple[np.ndarray, np.ndarray]) -> None:
+def test_data_range_is_the_ct_hu_range_or_the_reference_spread(pair: tuple[np.ndarray, np.ndarray]) -> None:
     clean, _ = pair
-    assert reference.reference_data_range(clean, 4095.0) == 4095.0
-    assert reference.reference_data_range(clean) == pytest.approx(clean.max() - clean.min())
-    assert reference.reference_data_range(np.zeros((4, 4))) == 1.0
+    assert reference.reference_data_range(clean, "ct") == 4095.0
+    assert reference.reference_data_range(clean, "mr") == pytest.approx(clean.max() - clean.min())
+    assert reference.reference_data_range(np.zeros((4, 4)), "xray") == 1.0
