@@ -16,7 +16,7 @@ from fastapi import FastAPI
 
 from app.api import errors
 from app.api.middleware import RequestContextMiddleware, UploadLimitMiddleware
-from app.api.routes import denoise, health, models
+from app.api.routes import denoise, health, models, oip
 from app.inference.registry import load_registry
 from app.observability import Telemetry, configure_logging
 from app.pipeline import DenoisePipeline
@@ -52,6 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(denoise.router)
     app.include_router(models.router)
     app.include_router(health.router)
+    app.include_router(oip.router)
     # Added last = outermost: the request id exists before anything else runs.
     app.add_middleware(UploadLimitMiddleware, max_bytes=settings.max_upload_bytes)
     app.add_middleware(RequestContextMiddleware, telemetry=telemetry)

@@ -9,11 +9,6 @@ from __future__ import annotations
 
 import base64
 import io
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,15 +20,9 @@ from pydicom.pixels import apply_modality_lut
 
 from tests.files import dicom_file, png_bytes, read_png
 from tests.tiny_models import write_model_set
+from tests.uvicorn_server import ServerFailed, uvicorn_server
 
 REPO = Path(__file__).resolve().parents[2]
-START_TIMEOUT_S = 90
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def models_to_serve(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -45,41 +34,15 @@ def models_to_serve(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DENOISE_")}
-    env.update(DENOISE_MODELS_DIR=str(models_to_serve(tmp_path_factory)), DENOISE_INTRA_OP_THREADS="1")
-    log = (tmp_path_factory.mktemp("uvicorn") / "server.log").open("w+")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=REPO,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
+    log = tmp_path_factory.mktemp("uvicorn") / "server.log"
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                log.seek(0)
-                pytest.fail(f"uvicorn exited with {process.returncode}:\n{log.read()[-3000:]}")
-            try:
-                if client.get("/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("uvicorn did not answer /healthz in time")
-            time.sleep(0.2)
-        yield client
-    finally:
-        client.close()
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
+        with (
+            uvicorn_server(models_to_serve(tmp_path_factory), log) as base_url,
+            httpx.Client(base_url=base_url, timeout=60) as client,
+        ):
+            yield client
+    except ServerFailed as failure:
+        pytest.fail(str(failure))
 
 
 def test_ready_with_every_model_on_a_reported_provider(server: httpx.Client) -> None:

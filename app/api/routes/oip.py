@@ -1,0 +1,170 @@
+"""The Open Inference Protocol (KServe v2 / Triton HTTP): the models as bare tensor functions.
+
+``tritonclient[http]`` and other KServe v2 clients call the served models directly: model name =
+model id (``ct-unet``), version ``1``, one FP32 input and one FP32 output of shape [N, 1, H, W]
+named as in the card (``noisy`` -> ``denoised``), values in the model's [0, 1] range, i.e. after the
+card's normalisation. No decoding, tiling or metrics happen here; ``/v1/denoise`` does those. The
+model runs off the event loop and waits for the same inference slot as ``/v1/denoise``.
+
+Errors follow the protocol's shape, ``{"error": "<message>"}``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import anyio.to_thread
+import numpy as np
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+
+from app.api.deps import PipelineDep, RegistryDep, SettingsDep, TelemetryDep
+from app.api.oip_protocol import (
+    DATATYPE,
+    HEADER_LENGTH,
+    OipError,
+    TensorContract,
+    decompress,
+    encode_infer_response,
+    parse_infer_request,
+)
+from app.imaging.dicom_derive import SOFTWARE_NAME, SOFTWARE_VERSION
+from app.inference.registry import LoadedModel, ModelRegistry
+
+router = APIRouter(prefix="/v2", tags=["open inference protocol"])
+
+MODEL_VERSION = "1"  # the version folder of the Triton export (app/tools/triton_export.py)
+PLATFORM = "onnxruntime_onnx"
+EXTENSIONS = ["binary_tensor_data"]
+
+
+def _error(request: Request, error: OipError) -> JSONResponse:
+    request.state.error_code = error.code
+    return JSONResponse({"error": error.message}, status_code=error.status)
+
+
+def _model(registry: ModelRegistry, name: str, version: str | None) -> LoadedModel:
+    if version not in (None, MODEL_VERSION):
+        raise OipError(f"Model '{name}' has only version {MODEL_VERSION}.", 404, "unknown_model")
+    model = registry.models.get(name)
+    if model is not None:
+        return model
+    unserved = next((u for u in registry.unserved if u.model_id == name), None)
+    if unserved is not None:
+        raise OipError(f"Model '{name}' is not being served: {unserved.reason}.", 503, "model_unavailable")
+    names = ", ".join(sorted(registry.models)) or "none"
+    raise OipError(f"No model '{name}'; models served: {names} (GET /v1/models).", 404, "unknown_model")
+
+
+def _tensor_metadata(name: str) -> dict[str, Any]:
+    return {"name": name, "datatype": DATATYPE, "shape": [-1, 1, -1, -1]}
+
+
+@router.get("", summary="Server metadata")
+async def server_metadata() -> dict[str, Any]:
+    return {"name": SOFTWARE_NAME, "version": SOFTWARE_VERSION, "extensions": EXTENSIONS}
+
+
+@router.get("/health/live", summary="Liveness: the process answers")
+async def live() -> dict[str, bool]:
+    return {"live": True}
+
+
+@router.get("/health/ready", summary="Readiness: at least one model is loaded", response_model=None)
+async def ready(request: Request, registry: RegistryDep) -> dict[str, bool] | JSONResponse:
+    if not registry.models:
+        return _error(request, OipError("No model is loaded; GET /readyz says why.", 503, "not_ready"))
+    return {"ready": True}
+
+
+def _describe(
+    request: Request,
+    registry: ModelRegistry,
+    name: str,
+    version: str | None,
+    describe: Callable[[LoadedModel], dict[str, Any]],
+) -> dict[str, Any] | JSONResponse:
+    try:
+        return describe(_model(registry, name, version))
+    except OipError as error:
+        return _error(request, error)
+
+
+def _metadata(model: LoadedModel) -> dict[str, Any]:
+    card = model.card
+    return {
+        "name": card.id,
+        "versions": [MODEL_VERSION],
+        "platform": PLATFORM,
+        "inputs": [_tensor_metadata(card.input.name)],
+        "outputs": [_tensor_metadata(card.output.name)],
+    }
+
+
+@router.get(
+    "/models/{name}", summary="Model metadata: tensor names, datatypes and shapes", response_model=None
+)
+@router.get("/models/{name}/versions/{version}", include_in_schema=False, response_model=None)
+async def model_metadata(
+    request: Request, registry: RegistryDep, name: str, version: str | None = None
+) -> dict[str, Any] | JSONResponse:
+    return _describe(request, registry, name, version, _metadata)
+
+
+@router.get("/models/{name}/ready", summary="Model readiness", response_model=None)
+@router.get("/models/{name}/versions/{version}/ready", include_in_schema=False, response_model=None)
+async def model_ready(
+    request: Request, registry: RegistryDep, name: str, version: str | None = None
+) -> dict[str, Any] | JSONResponse:
+    return _describe(request, registry, name, version, lambda model: {"name": model.card.id, "ready": True})
+
+
+def _run(model: LoadedModel, tensor: np.ndarray) -> np.ndarray:
+    card = model.card
+    (output,) = model.session.run([card.output.name], {card.input.name: tensor})
+    return np.asarray(output, dtype=np.float32)
+
+
+@router.post(
+    "/models/{name}/infer",
+    summary="Run the model on an FP32 [N, 1, H, W] tensor in [0, 1] (JSON or binary tensor data)",
+    response_class=Response,
+)
+@router.post("/models/{name}/versions/{version}/infer", include_in_schema=False, response_class=Response)
+async def infer(
+    request: Request,
+    registry: RegistryDep,
+    pipeline: PipelineDep,
+    settings: SettingsDep,
+    telemetry: TelemetryDep,
+    name: str,
+    version: str | None = None,
+) -> Response:
+    try:
+        model = _model(registry, name, version)
+        card = model.card
+        contract = TensorContract(
+            card.input.name, card.output.name, card.spatial_multiple, settings.max_pixels
+        )
+        body = decompress(
+            await request.body(), request.headers.get("content-encoding"), settings.max_upload_bytes
+        )
+        job = await anyio.to_thread.run_sync(
+            parse_infer_request, body, request.headers.get(HEADER_LENGTH), contract
+        )
+        started = time.perf_counter()
+        async with pipeline.limiter:
+            waited = time.perf_counter()
+            output = await anyio.to_thread.run_sync(_run, model, job.tensor)
+        finished = time.perf_counter()
+        content, headers = await anyio.to_thread.run_sync(
+            encode_infer_response, card.id, MODEL_VERSION, card.output.name, output, job
+        )
+    except OipError as error:
+        return _error(request, error)
+    telemetry.observe_phases({"queue": waited - started, "infer": finished - waited}, card.modality, card.id)
+    telemetry.pixels.labels(card.modality, card.id).inc(job.tensor.size)
+    media_type = headers.pop("content-type")
+    return Response(content, media_type=media_type, headers=headers)
