@@ -63,6 +63,16 @@ class ModelUnavailable(DenoiseError):
     code = "model_unavailable"
 
 
+class ServiceBusy(DenoiseError):
+    """The inference queue is full: the client should retry after ``retry_after_s`` seconds."""
+
+    code = "service_busy"
+
+    def __init__(self, detail: str, retry_after_s: int) -> None:
+        super().__init__(detail)
+        self.retry_after_s = retry_after_s
+
+
 class InvalidRequest(DenoiseError):
     """A request field is missing, inconsistent with the image, or not supported by the model."""
 

@@ -36,9 +36,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         registry = await anyio.to_thread.run_sync(load_registry, settings)
         telemetry.describe_registry(registry)
         app.state.registry = registry
-        app.state.pipeline = DenoisePipeline(registry, settings)
+        app.state.pipeline = DenoisePipeline(registry, settings, batch_observer=telemetry.observe_batch)
         logger.info("serving %d model(s), %d not served", len(registry.models), len(registry.unserved))
         yield
+        app.state.pipeline.close()  # finishes queued batches, stops the batcher threads
 
     app = FastAPI(
         title="Medical image denoising",

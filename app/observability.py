@@ -21,6 +21,7 @@ from app.inference.registry import ModelRegistry
 PHASES = ("decode", "queue", "preprocess", "infer", "postprocess", "metrics", "encode")
 _PHASE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _REQUEST_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+_BATCH_SIZES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
@@ -100,6 +101,27 @@ class Telemetry:
             ("model", "provider"),
             registry=self.registry,
         )
+        self.batch_size = Histogram(
+            "denoise_batch_size",
+            "Tiles per ONNX Runtime call, across the requests that shared it.",
+            ("model",),
+            buckets=_BATCH_SIZES,
+            registry=self.registry,
+        )
+        self.batch_queue_seconds = Histogram(
+            "denoise_batch_queue_seconds",
+            "Time a submission waited for its batch to start (per request, not per tile).",
+            ("model",),
+            buckets=_PHASE_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_run_seconds = Histogram(
+            "denoise_batch_run_seconds",
+            "Time of one batched ONNX Runtime call.",
+            ("model",),
+            buckets=_PHASE_BUCKETS,
+            registry=self.registry,
+        )
         self.models_loaded = Gauge("denoise_models_loaded", "Models being served.", registry=self.registry)
         self.models_unserved = Gauge(
             "denoise_models_unserved", "Models found but not served (see /v1/models).", registry=self.registry
@@ -114,6 +136,13 @@ class Telemetry:
     def observe_phases(self, seconds: dict[str, float], modality: str, model: str) -> None:
         for phase, value in seconds.items():
             self.phase_seconds.labels(phase, modality, model).observe(value)
+
+    def observe_batch(self, model: str, tiles: int, queued_seconds: list[float], run_seconds: float) -> None:
+        """Called by the micro-batchers after each model call."""
+        self.batch_size.labels(model).observe(tiles)
+        self.batch_run_seconds.labels(model).observe(run_seconds)
+        for seconds in queued_seconds:
+            self.batch_queue_seconds.labels(model).observe(seconds)
 
     def observe_request(
         self, modality: str, model: str, status: int, seconds: float, reason: str | None

@@ -1,24 +1,28 @@
 """One denoise request end to end, off the event loop: bytes -> units -> model -> units -> bytes.
 
 Every CPU-bound step (decoding, inference, metrics, encoding) runs in a worker thread; the event
-loop only awaits. Inference additionally waits for a slot in a capacity limiter: each session
-already uses every core it is given, so running more at once only slows all of them down. That
-wait is the ``queue`` phase.
+loop only awaits. Inference goes through each model's micro-batcher (``app/inference/batcher``):
+concurrent requests share ONNX Runtime calls, and at most ``max_concurrent_inferences`` calls run
+at once across models, because each session already uses every core it is given. The wait for a
+batch is the ``queue`` phase. A full batch queue answers 503 before the image is even prepared.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Literal
 
 import anyio
 import anyio.to_thread
+import numpy as np
 
 from app.errors import InvalidRequest, ModalityNotServed, UnknownModality
 from app.imaging import codec, dicom
 from app.imaging.dicom_derive import Provenance
 from app.imaging.image import Image
+from app.inference.batcher import BatchObserver
 from app.inference.card import Modality
 from app.inference.engine import Denoiser, PhaseTimer
 from app.inference.registry import LoadedModel, ModelRegistry
@@ -65,12 +69,37 @@ class DenoiseOutcome:
 class DenoisePipeline:
     registry: ModelRegistry
     settings: Settings
+    batch_observer: BatchObserver | None = None
     denoisers: dict[str, Denoiser] = field(init=False)
+    waiting: anyio.CapacityLimiter = field(init=False)
+    # For code that calls a session itself instead of infer(); it does not share the batchers'
+    # execution slots, so prefer infer().
     limiter: anyio.CapacityLimiter = field(init=False)
 
     def __post_init__(self) -> None:
-        self.denoisers = {i: Denoiser(m, self.settings) for i, m in self.registry.models.items()}
+        execution = threading.Semaphore(self.settings.max_concurrent_inferences)
+        self.denoisers = {
+            i: Denoiser(m, self.settings, execution, self.batch_observer)
+            for i, m in self.registry.models.items()
+        }
+        # Threads blocked on a batch hold no CPU; their own limiter keeps them from starving
+        # decoding and encoding of anyio's default thread pool. The batch queue bounds them.
+        self.waiting = anyio.CapacityLimiter(max(40, 2 * self.settings.batch_queue_tiles))
         self.limiter = anyio.CapacityLimiter(self.settings.max_concurrent_inferences)
+
+    async def infer(self, model_id: str, batch: np.ndarray) -> tuple[np.ndarray, float]:
+        """Run a float32 (N, 1, H, W) batch in model units through the model's batcher.
+
+        Returns the outputs and the seconds spent waiting for a batch; raises ``ServiceBusy``
+        when the queue is full.
+        """
+        batcher = self.denoisers[model_id].batcher
+        batcher.check_capacity(int(batch.shape[0]))
+        return await anyio.to_thread.run_sync(batcher.submit, batch, limiter=self.waiting)
+
+    def close(self) -> None:
+        for denoiser in self.denoisers.values():
+            denoiser.close()
 
     def _decode(self, data: bytes, request: DenoiseRequest, modality: Modality | None) -> Image:
         return codec.decode(
@@ -147,13 +176,14 @@ class DenoisePipeline:
         started = timer.add("decode", started)
         modality, model = self._choose_model(request, image)
         labels.modality, labels.model = modality, model.card.id
-        clean = await self._reference(request, image)
-        started = timer.add("decode", started)
-
         denoiser = self.denoisers[model.card.id]
-        async with self.limiter:
-            started = timer.add("queue", started)
-            frames = await anyio.to_thread.run_sync(denoiser.denoise, image.frames, timer)
+        denoiser.batcher.check_capacity()
+        with denoiser.batcher.expect() as ticket:
+            clean = await self._reference(request, image)
+            timer.add("decode", started)
+            frames = await anyio.to_thread.run_sync(
+                denoiser.denoise, image.frames, timer, ticket, limiter=self.waiting
+            )
         denoised = image.with_frames(frames)
 
         started = time.perf_counter()

@@ -53,7 +53,28 @@ class Settings(BaseSettings):
         description="width of the blending ramp between tiles, in pixels, on top of the "
         "receptive-field margin each tile discards",
     )
-    tile_batch: int = Field(default=4, ge=1, le=256, description="tiles per ONNX Runtime call")
+    tile_batch: int = Field(
+        default=4, ge=1, le=256, description="tiles one request hands to the batcher at a time"
+    )
+    batch_max_size: int = Field(
+        default=4,
+        ge=1,
+        le=256,
+        description="most tiles (of one model and shape, from any requests) in one ONNX Runtime call",
+    )
+    batch_max_delay_ms: float = Field(
+        default=10.0,
+        ge=0,
+        le=1000,
+        description="longest a tile waits for others to join its batch; only while other requests "
+        "for the model are on their way (a lone request never waits)",
+    )
+    batch_queue_tiles: int = Field(
+        default=256,
+        ge=1,
+        le=100_000,
+        description="tiles waiting per model; a request that does not fit is answered 503 with Retry-After",
+    )
 
     @field_validator("providers", mode="before")
     @classmethod
@@ -95,6 +116,12 @@ class Settings(BaseSettings):
     def _check_tiles(self) -> Settings:
         if self.tile_overlap * 2 >= self.tile_size:
             raise ValueError("tile_overlap must be less than half of tile_size")
+        return self
+
+    @model_validator(mode="after")
+    def _check_batching(self) -> Settings:
+        if self.batch_queue_tiles < max(self.tile_batch, self.batch_max_size):
+            raise ValueError("batch_queue_tiles must hold at least tile_batch and batch_max_size tiles")
         return self
 
     def requested_providers(self) -> tuple[ProviderName, ...] | None:

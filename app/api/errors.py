@@ -25,6 +25,7 @@ from app.errors import (
     ModalityNotServed,
     ModelNotFound,
     ModelUnavailable,
+    ServiceBusy,
     UnknownModality,
     UnsupportedImage,
 )
@@ -41,6 +42,7 @@ STATUS: dict[type[DenoiseError], int] = {
     ModelNotFound: 422,
     InvalidRequest: 422,
     ModelUnavailable: 503,
+    ServiceBusy: 503,
 }
 
 
@@ -61,7 +63,10 @@ async def _domain(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, DenoiseError)
     status = status_of(error)
     logger.info("request refused: %s (%d)", error.code, status)
-    return error_response(request, status, error.code, error.detail)
+    response = error_response(request, status, error.code, error.detail)
+    if isinstance(error, ServiceBusy):
+        response.headers["Retry-After"] = str(error.retry_after_s)
+    return response
 
 
 def _location(loc: tuple[object, ...]) -> str:

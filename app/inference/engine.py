@@ -4,16 +4,22 @@ The card decides the normalisation (never a guess): ``window_for`` picks the win
 frame from the whole frame, before tiling, so every tile of a frame is normalised alike and
 per-image percentile windows cannot differ from tile to tile. The inverse is exact, so values
 the model leaves alone come back as they went in.
+
+Tiles go to the model through the model's :class:`~app.inference.batcher.MicroBatcher`, so
+concurrent requests of the same tile shape share ONNX Runtime calls. The time a request's tiles
+wait for their batch is its ``queue`` phase; the rest of the model call is ``infer``.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from app.imaging.intensity import from_unit_range, to_unit_range, window_for
+from app.inference.batcher import BatchObserver, MicroBatcher, Ticket
 from app.inference.registry import LoadedModel
 from app.inference.tiling import TilePlan, run_tiled
 from app.settings import Settings
@@ -27,12 +33,21 @@ class PhaseTimer:
 
     def add(self, phase: str, started: float) -> float:
         now = time.perf_counter()
-        self.seconds[phase] = self.seconds.get(phase, 0.0) + now - started
+        self.add_seconds(phase, now - started)
         return now
+
+    def add_seconds(self, phase: str, seconds: float) -> None:
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + seconds
 
 
 class Denoiser:
-    def __init__(self, model: LoadedModel, settings: Settings) -> None:
+    def __init__(
+        self,
+        model: LoadedModel,
+        settings: Settings,
+        execution: threading.Semaphore | None = None,
+        observer: BatchObserver | None = None,
+    ) -> None:
         card = model.card
         self.model = model
         self.plan = TilePlan.for_model(
@@ -42,23 +57,51 @@ class Denoiser:
             multiple=card.spatial_multiple,
             batch=settings.tile_batch,
         )
+        self.batcher = MicroBatcher(
+            card.id,
+            self.run_model,
+            max_batch=settings.batch_max_size,
+            max_delay_s=settings.batch_max_delay_ms / 1000,
+            max_queue=settings.batch_queue_tiles,
+            execution=execution,
+            observer=observer,
+        )
 
-    def _run_batch(self, batch: np.ndarray) -> np.ndarray:
+    def run_model(self, batch: np.ndarray) -> np.ndarray:
+        """One ONNX Runtime call on a float32 batch (N, 1, h, w), bypassing the batcher."""
         card = self.model.card
         (output,) = self.model.session.run([card.output.name], {card.input.name: batch})
         return np.asarray(output, dtype=np.float32)
 
-    def denoise(self, frames: np.ndarray, timer: PhaseTimer) -> np.ndarray:
-        """(frames, rows, cols) in the image's units -> the same, denoised (float64)."""
+    def denoise(self, frames: np.ndarray, timer: PhaseTimer, ticket: Ticket | None = None) -> np.ndarray:
+        """(frames, rows, cols) in the image's units -> the same, denoised (float64).
+
+        ``ticket`` (from ``self.batcher.expect()``) lets a forming batch wait for this request.
+        """
         spec = self.model.card.normalisation
         denoised = np.empty_like(frames, dtype=np.float64)
+        queued = 0.0
+
+        def run_batch(batch: np.ndarray) -> np.ndarray:
+            nonlocal queued
+            outputs, waited = self.batcher.submit(batch, ticket)
+            queued += waited
+            return outputs
+
         for index, frame in enumerate(frames):
             started = time.perf_counter()
             window = window_for(frame, spec)
             unit = to_unit_range(frame, window)
             started = timer.add("preprocess", started)
-            result = run_tiled(unit, self._run_batch, self.plan)
-            started = timer.add("infer", started)
+            queued = 0.0
+            result = run_tiled(unit, run_batch, self.plan)
+            now = time.perf_counter()
+            timer.add_seconds("queue", queued)
+            timer.add_seconds("infer", now - started - queued)
+            started = now
             denoised[index] = from_unit_range(result, window)
             timer.add("postprocess", started)
         return denoised
+
+    def close(self) -> None:
+        self.batcher.close()

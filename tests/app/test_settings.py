@@ -29,6 +29,9 @@ def test_providers_from_a_comma_list_in_priority_order(monkeypatch: pytest.Monke
         ("DENOISE_MODELS_DIR", __file__),  # a file, not a folder
         ("DENOISE_MAX_PIXELS", "0"),
         ("DENOISE_TILE_SIZ", "512"),  # a typo is refused, not ignored
+        ("DENOISE_BATCH_QUEUE_TILES", "2"),  # fewer than one batch
+        ("DENOISE_BATCH_MAX_DELAY_MS", "-1"),
+        ("DENOISE_BATCH_MAX_SIZE", "0"),
     ],
 )
 def test_bad_configuration_is_refused_at_start_up(

@@ -1,0 +1,238 @@
+"""Adaptive micro-batching: concurrent requests for one model share ONNX Runtime calls.
+
+Callers (worker threads running a request's tiling) submit float32 batches of tiles
+``(k, 1, h, w)`` and block until their own outputs come back. One collector thread per model
+takes the oldest waiting submission and adds later ones of the same tile shape until the batch
+holds ``max_batch`` tiles or the oldest has waited ``max_delay_s``, runs them as one call and
+hands each caller its own slice of the output, one for one.
+
+Adaptive: the collector only waits for requests it knows are coming. A request announces itself
+(``expect()``) when its model is chosen and counts as *preparing* until its tiles are queued; with
+nobody preparing, the collector runs what is queued at once, so a lone request adds no batch
+delay. Under load, requests queue while the previous batch runs and are taken together without
+waiting at all.
+
+A batch that fails fails every caller in it with the same exception. The queue is bounded in
+tiles: a submission that does not fit raises ``ServiceBusy`` (503 with Retry-After) instead of
+letting latency grow without end. Model runs of all batchers share one semaphore, because each
+ONNX Runtime session already uses every core it is given.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from app.errors import ServiceBusy
+
+logger = logging.getLogger(__name__)
+
+# Takes a float32 batch (N, 1, h, w), returns one of the same shape.
+RunFunction = Callable[[np.ndarray], np.ndarray]
+
+
+class BatchObserver(Protocol):
+    def __call__(self, model: str, tiles: int, queued_seconds: list[float], run_seconds: float) -> None: ...
+
+
+@dataclass
+class Ticket:
+    """One request that will submit work; it counts as preparing unless it has tiles queued."""
+
+    queued: bool = False
+    closed: bool = False
+
+
+@dataclass
+class _Item:
+    inputs: np.ndarray
+    enqueued: float
+    ticket: Ticket | None
+    future: Future[tuple[np.ndarray, float]] = field(default_factory=Future)
+
+    @property
+    def tiles(self) -> int:
+        return int(self.inputs.shape[0])
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.inputs.shape[1:])
+
+
+class MicroBatcher:
+    def __init__(
+        self,
+        name: str,
+        run: RunFunction,
+        *,
+        max_batch: int,
+        max_delay_s: float,
+        max_queue: int,
+        execution: threading.Semaphore | None = None,
+        observer: BatchObserver | None = None,
+    ) -> None:
+        if max_batch < 1 or max_queue < 1 or max_delay_s < 0:
+            raise ValueError("max_batch and max_queue must be positive, max_delay_s not negative")
+        self.name = name
+        self.max_batch = max_batch
+        self.max_delay_s = max_delay_s
+        self.max_queue = max_queue
+        self._run = run
+        self._execution = execution or threading.Semaphore(1)
+        self._observer = observer
+        self._condition = threading.Condition()
+        self._queue: deque[_Item] = deque()
+        self._queued_tiles = 0
+        self._preparing = 0
+        self._closed = False
+        self._seconds_per_tile = 0.0  # running estimate, for Retry-After
+        self._worker = threading.Thread(target=self._serve, name=f"batcher-{name}", daemon=True)
+        self._worker.start()
+
+    # -- callers ---------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def expect(self) -> Iterator[Ticket]:
+        """Announce a request that will submit tiles soon, so a forming batch waits for it."""
+        ticket = Ticket()
+        with self._condition:
+            self._preparing += 1
+        try:
+            yield ticket
+        finally:
+            with self._condition:
+                if not ticket.queued:
+                    self._preparing -= 1
+                ticket.closed = True
+                self._condition.notify_all()
+
+    def check_capacity(self, tiles: int = 1) -> None:
+        """Raise ``ServiceBusy`` now if ``tiles`` more would not fit in the queue."""
+        with self._condition:
+            self._refuse_if_full(tiles)
+
+    def submit(self, inputs: np.ndarray, ticket: Ticket | None = None) -> tuple[np.ndarray, float]:
+        """Run ``inputs`` (k, 1, h, w) in some batch; returns (outputs, seconds spent queued)."""
+        if inputs.ndim != 4:
+            raise ValueError(f"expected a batch (k, 1, h, w), got shape {inputs.shape}")
+        item = _Item(inputs, time.perf_counter(), ticket)
+        with self._condition:
+            if self._closed:
+                raise RuntimeError(f"batcher {self.name} is closed")
+            self._refuse_if_full(item.tiles)
+            self._queue.append(item)
+            self._queued_tiles += item.tiles
+            if ticket is not None and not ticket.queued:
+                ticket.queued = True
+                self._preparing -= 1
+            self._condition.notify_all()
+        try:
+            return item.future.result()
+        finally:
+            if ticket is not None:
+                with self._condition:
+                    ticket.queued = False
+                    if not ticket.closed:  # it may submit again (the next group of tiles)
+                        self._preparing += 1
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Finish what is queued, then stop the collector thread."""
+        with self._condition:
+            self._closed = True
+            self._condition.notify_all()
+        self._worker.join(timeout_s)
+
+    @property
+    def queued_tiles(self) -> int:
+        return self._queued_tiles
+
+    def _refuse_if_full(self, tiles: int) -> None:
+        if self._queued_tiles + tiles <= self.max_queue:
+            return
+        drain_s = (self._queued_tiles + tiles) * self._seconds_per_tile
+        raise ServiceBusy(
+            f"The inference queue for model '{self.name}' is full ({self._queued_tiles} tiles "
+            "waiting); retry after the time in the Retry-After header, or send fewer requests "
+            "at once.",
+            retry_after_s=max(1, math.ceil(drain_s)),
+        )
+
+    # -- collector -------------------------------------------------------------------------
+
+    def _take(self, batch: list[_Item]) -> None:
+        """Move queued items of the batch's shape into ``batch``, oldest first, up to max_batch."""
+        shape = batch[0].shape if batch else self._queue[0].shape
+        tiles = sum(i.tiles for i in batch)
+        for item in list(self._queue):
+            if item.shape != shape:
+                continue
+            if batch and tiles + item.tiles > self.max_batch:
+                break
+            self._queue.remove(item)
+            self._queued_tiles -= item.tiles
+            batch.append(item)
+            tiles += item.tiles
+            if tiles >= self.max_batch:
+                break
+
+    def _collect(self) -> list[_Item] | None:
+        with self._condition:
+            while not self._queue:
+                if self._closed:
+                    return None
+                self._condition.wait()
+            deadline = self._queue[0].enqueued + self.max_delay_s
+            batch: list[_Item] = []
+            while True:
+                self._take(batch)
+                full = sum(i.tiles for i in batch) >= self.max_batch
+                remaining = deadline - time.perf_counter()
+                if full or self._preparing == 0 or remaining <= 0 or self._closed:
+                    return batch
+                self._condition.wait(remaining)
+
+    def _serve(self) -> None:
+        while True:
+            batch = self._collect()
+            if batch is None:
+                return
+            with self._execution:
+                with self._condition:  # more may have arrived while another model ran
+                    if self._queue:
+                        self._take(batch)
+                self._run_batch(batch)
+
+    def _run_batch(self, batch: list[_Item]) -> None:
+        started = time.perf_counter()
+        queued = [started - item.enqueued for item in batch]
+        inputs = batch[0].inputs if len(batch) == 1 else np.concatenate([i.inputs for i in batch])
+        try:
+            outputs = self._run(inputs)
+            if outputs.shape[0] != inputs.shape[0]:
+                raise ValueError(f"model returned {outputs.shape[0]} outputs for {inputs.shape[0]} inputs")
+        except Exception as error:  # every caller of a failed batch gets the same error
+            for item in batch:
+                item.future.set_exception(error)
+            return
+        seconds = time.perf_counter() - started
+        tiles = int(inputs.shape[0])
+        self._seconds_per_tile = 0.8 * self._seconds_per_tile + 0.2 * seconds / tiles
+        first = 0
+        for item, waited in zip(batch, queued, strict=True):
+            item.future.set_result((outputs[first : first + item.tiles], waited))
+            first += item.tiles
+        if self._observer is not None:
+            try:
+                self._observer(self.name, tiles, queued, seconds)
+            except Exception:  # metrics must never stop the collector
+                logger.exception("batch observer failed")

@@ -1,0 +1,245 @@
+"""The micro-batcher: concurrent submissions share a call, a lone one does not wait, the queue is
+bounded, failures reach every caller, and batched results equal single runs."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from app.errors import ServiceBusy
+from app.inference.batcher import MicroBatcher
+from app.inference.engine import Denoiser, PhaseTimer
+from app.inference.registry import load_registry
+from app.settings import Settings
+
+LONG_DELAY_S = 5.0  # a batch window no test may ever sit out
+
+
+class GatedModel:
+    """Doubles its input; each call can be held at a gate, and every batch size is recorded."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()
+        self.sizes: list[int] = []
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        self.sizes.append(batch.shape[0])
+        self.entered.set()
+        assert self.gate.wait(30)
+        return batch * 2
+
+
+@pytest.fixture
+def make_batcher() -> Iterator[Callable[..., MicroBatcher]]:
+    made: list[MicroBatcher] = []
+
+    def make(run: Callable[[np.ndarray], np.ndarray], **options: float) -> MicroBatcher:
+        settings = {"max_batch": 8, "max_delay_s": LONG_DELAY_S, "max_queue": 64, **options}
+        batcher = MicroBatcher("test", run, **settings)  # type: ignore[arg-type]
+        made.append(batcher)
+        return batcher
+
+    yield make
+    for batcher in made:
+        batcher.close()
+
+
+def tiles(value: float, count: int = 1, size: int = 8) -> np.ndarray:
+    return np.full((count, 1, size, size), value, np.float32)
+
+
+def wait_for(condition: Callable[[], bool], timeout_s: float = 10) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.005)
+
+
+def test_concurrent_submissions_share_one_call(make_batcher: Callable[..., MicroBatcher]) -> None:
+    model = GatedModel()
+    batcher = make_batcher(model, max_delay_s=0)
+    model.gate.clear()
+    with ThreadPoolExecutor(8) as pool:
+        first = pool.submit(batcher.submit, tiles(0))
+        assert model.entered.wait(10)  # the first call holds the model ...
+        rest = [pool.submit(batcher.submit, tiles(v)) for v in range(1, 6)]
+        wait_for(lambda: batcher.queued_tiles == 5)  # ... while five more queue up
+        model.gate.set()
+        results = [first.result(10), *(f.result(10) for f in rest)]
+    assert model.sizes == [1, 5]
+    for value, (output, queued) in enumerate(results):
+        np.testing.assert_array_equal(output, tiles(2 * value))  # each caller gets its own answer
+        assert queued >= 0
+
+
+def test_a_lone_request_runs_at_once(make_batcher: Callable[..., MicroBatcher]) -> None:
+    batcher = make_batcher(GatedModel())
+    with batcher.expect() as ticket:  # announced, as the pipeline does, and nobody else coming
+        started = time.perf_counter()
+        output, queued = batcher.submit(tiles(3), ticket)
+    assert time.perf_counter() - started < LONG_DELAY_S / 5
+    assert queued < LONG_DELAY_S / 5
+    np.testing.assert_array_equal(output, tiles(6))
+
+
+def test_a_forming_batch_waits_for_announced_requests(make_batcher: Callable[..., MicroBatcher]) -> None:
+    model = GatedModel()
+    batcher = make_batcher(model)
+    with ThreadPoolExecutor(2) as pool, batcher.expect() as early, batcher.expect() as late:
+        first = pool.submit(batcher.submit, tiles(1), early)
+        time.sleep(0.2)  # the first waits: another request has announced itself
+        assert model.sizes == []
+        second = pool.submit(batcher.submit, tiles(2), late)
+        first.result(10), second.result(10)
+    assert model.sizes == [2]
+
+
+def test_the_wait_for_announced_requests_is_bounded(make_batcher: Callable[..., MicroBatcher]) -> None:
+    batcher = make_batcher(GatedModel(), max_delay_s=0.05)
+    with batcher.expect() as ticket, batcher.expect():  # the second never submits
+        started = time.perf_counter()
+        batcher.submit(tiles(1), ticket)
+    assert time.perf_counter() - started < 2
+
+
+def test_batches_never_mix_tile_shapes_or_exceed_the_maximum(
+    make_batcher: Callable[..., MicroBatcher],
+) -> None:
+    model = GatedModel()
+    batcher = make_batcher(model, max_batch=4, max_delay_s=0)
+    model.gate.clear()
+    with ThreadPoolExecutor(8) as pool:
+        first = pool.submit(batcher.submit, tiles(0))
+        assert model.entered.wait(10)
+        small = [pool.submit(batcher.submit, tiles(v, count=2)) for v in (1, 2, 3)]
+        large = pool.submit(batcher.submit, tiles(9, size=16))
+        wait_for(lambda: batcher.queued_tiles == 7)
+        model.gate.set()
+        outputs = [f.result(10)[0] for f in (first, *small, large)]
+    assert sorted(model.sizes) == [1, 1, 2, 4]
+    assert [o.shape for o in outputs] == [(1, 1, 8, 8), *[(2, 1, 8, 8)] * 3, (1, 1, 16, 16)]
+
+
+def test_a_full_queue_is_refused_with_a_retry_time(make_batcher: Callable[..., MicroBatcher]) -> None:
+    model = GatedModel()
+    batcher = make_batcher(model, max_queue=2, max_delay_s=0)
+    model.gate.clear()
+    with ThreadPoolExecutor(4) as pool:
+        running = pool.submit(batcher.submit, tiles(0))
+        assert model.entered.wait(10)
+        queued = pool.submit(batcher.submit, tiles(1, count=2))
+        wait_for(lambda: batcher.queued_tiles == 2)
+        with pytest.raises(ServiceBusy) as refused:
+            batcher.submit(tiles(2))
+        with pytest.raises(ServiceBusy):
+            batcher.check_capacity()
+        model.gate.set()
+        running.result(10), queued.result(10)
+    assert refused.value.retry_after_s >= 1 and refused.value.code == "service_busy"
+    batcher.check_capacity()  # drained: room again
+
+
+def test_a_failed_batch_fails_every_caller_with_the_same_error(
+    make_batcher: Callable[..., MicroBatcher],
+) -> None:
+    model = GatedModel()
+    failure = RuntimeError("the model failed")
+    calls = 0
+
+    def failing(batch: np.ndarray) -> np.ndarray:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            return model(batch)
+        raise failure
+
+    batcher = make_batcher(failing, max_delay_s=0)
+    model.gate.clear()
+    with ThreadPoolExecutor(4) as pool:
+        first = pool.submit(batcher.submit, tiles(0))
+        assert model.entered.wait(10)
+        doomed = [pool.submit(batcher.submit, tiles(v)) for v in (1, 2, 3)]
+        wait_for(lambda: batcher.queued_tiles == 3)
+        model.gate.set()
+        first.result(10)
+        errors = [f.exception(10) for f in doomed]
+    assert calls == 2 and all(e is failure for e in errors)
+
+
+def test_the_batcher_keeps_serving_after_a_failure(make_batcher: Callable[..., MicroBatcher]) -> None:
+    outcomes = iter([ValueError("once"), None])
+
+    def flaky(batch: np.ndarray) -> np.ndarray:
+        error = next(outcomes)
+        if error is not None:
+            raise error
+        return batch + 1
+
+    batcher = make_batcher(flaky, max_delay_s=0)
+    with pytest.raises(ValueError):
+        batcher.submit(tiles(0))
+    np.testing.assert_array_equal(batcher.submit(tiles(0))[0], tiles(1))
+
+
+def test_a_model_returning_the_wrong_count_fails_its_callers(
+    make_batcher: Callable[..., MicroBatcher],
+) -> None:
+    batcher = make_batcher(lambda batch: batch[:1], max_delay_s=0)
+    with pytest.raises(ValueError, match="outputs for"):
+        batcher.submit(tiles(0, count=3))
+
+
+@pytest.fixture(scope="module")
+def ct_denoiser(models_dir) -> Iterator[Denoiser]:  # type: ignore[no-untyped-def]
+    settings = Settings(
+        models_dir=models_dir,
+        intra_op_threads=1,
+        tile_size=80,
+        tile_overlap=16,
+        tile_batch=2,
+        batch_max_size=8,
+        batch_max_delay_ms=1000,
+    )
+    denoiser = Denoiser(load_registry(settings).models["ct-unet"], settings)
+    yield denoiser
+    denoiser.close()
+
+
+def test_batched_results_equal_single_runs(ct_denoiser: Denoiser) -> None:
+    rng = np.random.default_rng(0)
+    images = [rng.uniform(-1000, 2000, (1, 150, 130)) for _ in range(6)]  # 9 tiles of 80 x 80 each
+    alone = [ct_denoiser.denoise(image, PhaseTimer()) for image in images]
+    sizes: list[int] = []
+    run = ct_denoiser.batcher._run
+
+    def recording(batch: np.ndarray) -> np.ndarray:
+        sizes.append(len(batch))
+        return run(batch)
+
+    def denoise(image: np.ndarray) -> np.ndarray:
+        with ct_denoiser.batcher.expect() as ticket:
+            return ct_denoiser.denoise(image, PhaseTimer(), ticket)
+
+    ct_denoiser.batcher._run = recording
+    try:
+        with ThreadPoolExecutor(len(images)) as pool:
+            together = list(pool.map(denoise, images))
+    finally:
+        ct_denoiser.batcher._run = run
+    assert max(sizes) > ct_denoiser.plan.batch  # tiles of several requests shared calls
+    for single, batched in zip(alone, together, strict=True):
+        np.testing.assert_allclose(batched, single, rtol=0, atol=1e-6 * 4095)
+
+
+def test_the_timer_splits_queue_from_infer(ct_denoiser: Denoiser) -> None:
+    timer = PhaseTimer()
+    ct_denoiser.denoise(np.zeros((2, 40, 40)), timer)
+    assert set(timer.seconds) == {"preprocess", "queue", "infer", "postprocess"}
+    assert all(seconds >= 0 for seconds in timer.seconds.values())
