@@ -1,0 +1,1 @@
+"""Command-line tools that work on the committed models (no server, no torch)."""
