@@ -39,6 +39,13 @@ class DenoiseJSONResponse(BaseModel):
     timings_ms: dict[str, float] = Field(description="milliseconds per phase")
     request_id: str
     execution_provider: str = Field(description="the ONNX Runtime provider the model's session runs on")
+    preview: dict[str, Any] | None = Field(
+        default=None,
+        description="only when the form field preview is true: {rows, cols, step (pixels per preview "
+        "pixel), frames, units, window: {center, width}, original / denoised: {low, high, "
+        "data_base64}}, data_base64 being uint16 little-endian samples q, row-major, with value = "
+        "low + q * (high - low) / 65535, in the image's units",
+    )
 
 
 class ModelInfo(BaseModel):

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import base64
 import json
+from functools import partial
 from typing import Annotated
 
+import anyio.to_thread
 from fastapi import APIRouter, File, Form, Header, Request, Response, UploadFile
 
-from app.api.deps import PipelineDep, TelemetryDep
+from app.api.deps import PipelineDep, SettingsDep, TelemetryDep
 from app.api.schemas import DATA_RANGE_DOC, PNG_UNITS_DOC, DenoiseJSONResponse, ErrorResponse
+from app.imaging import codec, preview
 from app.imaging.codec import FILE_SUFFIXES
 from app.inference.card import Modality
 from app.pipeline import DenoiseOutcome, DenoiseRequest, MetricsMode, RequestLabels
@@ -69,6 +72,7 @@ async def denoise(
     request: Request,
     pipeline: PipelineDep,
     telemetry: TelemetryDep,
+    settings: SettingsDep,
     file: Annotated[UploadFile, File(description="8- or 16-bit grayscale PNG, or a DICOM Part 10 file")],
     modality: Annotated[
         Modality | None,
@@ -99,6 +103,15 @@ async def denoise(
     rescale_intercept: Annotated[
         float | None, Form(description="PNG only: replaces the default intercept (CT 16-bit: -1024)")
     ] = None,
+    preview_arrays: Annotated[
+        bool,
+        Form(
+            alias="preview",
+            description="with Accept: application/json, add 'preview': the first frame before and "
+            "after, at most 1024 pixels a side, in the image's units, with a default window (the web "
+            "viewer's window/level)",
+        ),
+    ] = False,
     accept: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> Response:
     labels = RequestLabels()
@@ -135,7 +148,19 @@ async def denoise(
             request_id=request_id,
             execution_provider=outcome.model.execution_provider,
         )
-        return Response(body.model_dump_json(), media_type="application/json", headers=headers)
+        if preview_arrays:
+            decode = partial(
+                codec.decode,
+                modality=outcome.modality,
+                max_pixels=settings.max_pixels,
+                rescale_slope=rescale_slope,
+                rescale_intercept=rescale_intercept,
+            )
+            body.preview = await anyio.to_thread.run_sync(
+                preview.from_bytes, job.data, outcome.content, decode
+            )
+        content = body.model_dump_json(exclude=None if preview_arrays else {"preview"})
+        return Response(content, media_type="application/json", headers=headers)
     headers["X-Denoise-Metrics"] = _json_header(outcome.metrics)
     headers["Content-Disposition"] = f'inline; filename="denoised{FILE_SUFFIXES[outcome.format]}"'
     return Response(outcome.content, media_type=outcome.media_type, headers=headers)

@@ -1,0 +1,88 @@
+"""Display previews: the first frame before and after denoising, in the image's units, for a viewer.
+
+A browser cannot decode a 16-bit PNG into its values, nor any compressed DICOM, so the web viewer
+asks ``/v1/denoise`` for a preview: both frames reduced to at most ``MAX_SIDE`` pixels a side
+(block means), each quantised to uint16 over its own min..max (steps of (max - min) / 65535 units,
+0.06 HU for a full CT range), with a default display window in the same units. Display only: the
+denoised file itself is never reduced.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from pydicom.multival import MultiValue
+
+from app.imaging import dicom
+from app.imaging.image import Image
+
+MAX_SIDE = 1024
+# Soft-tissue window for CT without a window of its own (a PNG): centre 40 HU, width 400 HU.
+CT_WINDOW = (40.0, 400.0)
+PERCENTILES = (0.5, 99.5)
+
+
+def reduce(frame: np.ndarray, step: int) -> np.ndarray:
+    """Mean of each ``step`` x ``step`` block; the last partial row and column of blocks are averaged too."""
+    if step == 1:
+        return frame.astype(np.float64)
+    rows, cols = frame.shape
+    padded = np.pad(frame.astype(np.float64), ((0, -rows % step), (0, -cols % step)), mode="edge")
+    return padded.reshape(padded.shape[0] // step, step, padded.shape[1] // step, step).mean(axis=(1, 3))
+
+
+def quantise(plane: np.ndarray) -> dict[str, Any]:
+    """``value = low + q * (high - low) / 65535`` with q the uint16 little-endian samples, row-major."""
+    low, high = float(plane.min()), float(plane.max())
+    scale = (high - low) / 65535 if high > low else 1.0
+    samples = np.rint((plane - low) / scale).astype("<u2")
+    return {"low": low, "high": high, "data_base64": base64.b64encode(samples.tobytes()).decode("ascii")}
+
+
+def _dicom_window(image: Image) -> tuple[float, float] | None:
+    # MONOCHROME1 frames arrive mirrored to MONOCHROME2, where the header's window no longer fits.
+    if not isinstance(image.meta, dicom.DicomMeta) or image.meta.photometric != "MONOCHROME2":
+        return None
+    dataset = image.meta.dataset
+    center, width = dataset.get("WindowCenter"), dataset.get("WindowWidth")
+    if center is None or width is None:
+        return None
+    first = [float(v[0]) if isinstance(v, MultiValue) else float(v) for v in (center, width)]
+    return (first[0], first[1]) if first[1] > 0 else None
+
+
+def default_window(image: Image, plane: np.ndarray) -> tuple[float, float]:
+    """(centre, width): the DICOM's own window, CT soft tissue, or the 0.5-99.5 percentile span."""
+    window = _dicom_window(image)
+    if window is not None:
+        return window
+    if image.modality == "ct":
+        return CT_WINDOW
+    low, high = np.percentile(plane, PERCENTILES)
+    return float((low + high) / 2), float(max(high - low, 1e-6))
+
+
+def from_bytes(source: bytes, result: bytes, decode: Callable[[bytes], Image]) -> dict[str, Any]:
+    """The preview of a request's file and the service's answer, both read back with ``decode``."""
+    return build(decode(source), decode(result))
+
+
+def build(original: Image, denoised: Image) -> dict[str, Any]:
+    frames, rows, cols = original.frames.shape
+    step = max(1, math.ceil(max(rows, cols) / MAX_SIDE))
+    before, after = reduce(original.frames[0], step), reduce(denoised.frames[0], step)
+    center, width = default_window(original, before)
+    return {
+        "rows": int(before.shape[0]),
+        "cols": int(before.shape[1]),
+        "step": step,
+        "frames": int(frames),
+        "units": original.units,
+        "window": {"center": center, "width": width},
+        "original": quantise(before),
+        "denoised": quantise(after),
+    }
