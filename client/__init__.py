@@ -1,0 +1,1 @@
+"""Clients of the denoising service. They need only httpx and tqdm, never the server's packages."""
