@@ -13,10 +13,11 @@ from contextlib import asynccontextmanager
 
 import anyio.to_thread
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 
 from app.api import errors
 from app.api.middleware import RequestContextMiddleware, UploadLimitMiddleware
-from app.api.routes import denoise, health, models, oip
+from app.api.routes import denoise, health, models, oip, web
 from app.inference.registry import load_registry
 from app.observability import Telemetry, configure_logging
 from app.pipeline import DenoisePipeline
@@ -54,6 +55,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(models.router)
     app.include_router(health.router)
     app.include_router(oip.router)
+    app.include_router(web.router)
+    app.mount("/static", StaticFiles(directory=web.STATIC_DIR), name="static")
     # Added last = outermost: the request id exists before anything else runs.
     app.add_middleware(UploadLimitMiddleware, max_bytes=settings.max_upload_bytes)
     app.add_middleware(RequestContextMiddleware, telemetry=telemetry)
