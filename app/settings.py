@@ -37,6 +37,14 @@ class Settings(BaseSettings):
     )
     intra_op_threads: int = Field(default=os.cpu_count() or 1, ge=1, le=256)
     inter_op_threads: int = Field(default=1, ge=1, le=64)
+    ort_spinning: bool = Field(
+        default=True,
+        description="ONNX Runtime's intra-op threads spin while waiting for work: lower latency "
+        "for back-to-back calls, but the spinning takes CPU from decoding and encoding",
+    )
+    ort_memory_arena: bool = Field(
+        default=True, description="ONNX Runtime's CPU memory arena (reuses buffers between calls)"
+    )
     max_concurrent_inferences: int = Field(
         default=1,
         ge=1,

@@ -140,6 +140,8 @@ def session_options(settings: Settings) -> ort.SessionOptions:
     options.intra_op_num_threads = settings.intra_op_threads
     options.inter_op_num_threads = settings.inter_op_threads
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.enable_cpu_mem_arena = settings.ort_memory_arena
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if settings.ort_spinning else "0")
     options.log_severity_level = 3  # ORT's own warnings would repeat what we log below
     return options
 

@@ -6,11 +6,12 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import onnxruntime as ort
 import pytest
 
 from app.errors import ModelNotFound, ModelUnavailable
 from app.inference.engine import Denoiser, PhaseTimer
-from app.inference.registry import ModelRegistry, load_registry
+from app.inference.registry import ModelRegistry, load_registry, session_options
 from app.settings import Settings
 from tests.tiny_models import MEAN_3X3, write_model
 
@@ -86,3 +87,12 @@ def test_engine_tiles_agree_with_a_whole_image_run(settings: Settings, shape: tu
     np.testing.assert_allclose(tiled, whole, atol=1e-3)  # HU; float32 inside the model
     # And the model really is a 3 x 3 mean in HU (OpenCV's default border is ONNX's reflect).
     np.testing.assert_allclose(whole[0], cv2.filter2D(frames[0], -1, MEAN_3X3), atol=1e-2)
+
+
+def test_session_options_follow_the_settings(models_dir: Path) -> None:
+    options = session_options(
+        Settings(models_dir=models_dir, intra_op_threads=3, ort_spinning=False, ort_memory_arena=False)
+    )
+    assert options.intra_op_num_threads == 3 and not options.enable_cpu_mem_arena
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
