@@ -1,0 +1,75 @@
+"""What the service is measured against, in the same process and run: the model called directly
+through ONNX Runtime on the case's pixels, and the classical denoisers BM3D and non-local means.
+
+The direct runs use the registry's own session for the model (same file, same session options,
+same execution provider), so the difference to the service is the service and nothing else. The
+input is normalised once, outside the timed loop; only ``session.run`` is timed. The whole image
+goes in one call (no tiling), so for large images the comparison includes the cost of tiling.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from app.imaging.intensity import to_unit_range, window_for
+from app.inference.registry import LoadedModel
+from app.inference.tiling import round_up
+
+
+@dataclass(frozen=True)
+class Timing:
+    name: str
+    images_per_call: int
+    seconds: list[float]  # per call
+
+    @property
+    def throughput(self) -> float:
+        """Images per second."""
+        return self.images_per_call * len(self.seconds) / sum(self.seconds)
+
+    def percentile_ms(self, q: float) -> float:
+        return float(np.percentile(self.seconds, q) * 1000)
+
+
+def model_input(model: LoadedModel, units: np.ndarray) -> np.ndarray:
+    """The (1, 1, H, W) float32 array the model sees, padded by reflection to its multiple."""
+    unit = to_unit_range(units, window_for(units, model.card.normalisation))
+    multiple = model.card.spatial_multiple
+    rows, cols = unit.shape
+    pad = ((0, round_up(rows, multiple) - rows), (0, round_up(cols, multiple) - cols))
+    return np.ascontiguousarray(np.pad(unit, pad, mode="reflect"))[np.newaxis, np.newaxis]
+
+
+def time_direct(model: LoadedModel, array: np.ndarray, calls: int, batch: int = 1, warmup: int = 2) -> Timing:
+    """Time ``calls`` session.run calls on ``batch`` copies of ``array`` stacked, after a warm-up."""
+    feed = {model.card.input.name: np.ascontiguousarray(np.repeat(array, batch, axis=0))}
+    outputs = [model.card.output.name]
+    for _ in range(warmup):
+        model.session.run(outputs, feed)
+    seconds = []
+    for _ in range(calls):
+        started = time.perf_counter()
+        model.session.run(outputs, feed)
+        seconds.append(time.perf_counter() - started)
+    return Timing(f"onnxruntime batch {batch}", batch, seconds)
+
+
+def time_classical(unit: np.ndarray, repeats: dict[str, int]) -> dict[str, Timing]:
+    """BM3D and scikit-image non-local means on a unit-range image, sigma estimated from it."""
+    from app.quality.noise import wavelet_mad_sigma
+    from training.classical import bm3d_filter, nlm_skimage
+
+    sigma = max(wavelet_mad_sigma(unit), 1e-3)
+    methods = {"bm3d": lambda: bm3d_filter(unit, sigma), "nlm_skimage": lambda: nlm_skimage(unit, sigma, 0.8)}
+    timings = {}
+    for name, method in methods.items():
+        seconds = []
+        for _ in range(repeats.get(name, 1)):
+            started = time.perf_counter()
+            method()
+            seconds.append(time.perf_counter() - started)
+        timings[name] = Timing(name, 1, seconds)
+    return timings

@@ -1,0 +1,74 @@
+"""The benchmark suite's own logic, and one smoke run of it against tiny models (no timing checked)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench.cases import ct_cases, radiograph_case
+from bench.loadgen import LoadResult, percentile_ms
+from bench.run import main, parse_counts, parse_settings
+from bench.service import MetricsDelta, parse_metrics
+
+METRICS_BEFORE = """
+# HELP denoise_phase_seconds Time per processing phase of a denoise request.
+denoise_phase_seconds_sum{phase="infer",modality="ct",model="ct-unet"} 1.0
+denoise_phase_seconds_sum{phase="encode",modality="ct",model="ct-unet"} 0.5
+denoise_request_seconds_count{modality="ct",model="ct-unet",status="200"} 10.0
+"""
+METRICS_AFTER = """
+denoise_phase_seconds_sum{phase="infer",modality="ct",model="ct-unet"} 3.0
+denoise_phase_seconds_sum{phase="encode",modality="ct",model="ct-unet"} 0.7
+denoise_request_seconds_count{modality="ct",model="ct-unet",status="200"} 20.0
+denoise_request_seconds_count{modality="ct",model="ct-unet",status="503"} 5.0
+denoise_batch_size_sum{model="ct-unet"} 12.0
+denoise_batch_size_count{model="ct-unet"} 4.0
+"""
+
+
+def test_phase_times_are_per_request_differences_of_the_service_metrics() -> None:
+    delta = MetricsDelta(parse_metrics(METRICS_BEFORE), parse_metrics(METRICS_AFTER))
+    assert delta.phase_ms("ct-unet") == pytest.approx({"infer": 200.0, "encode": 20.0})
+    assert delta.mean_batch_size("ct-unet") == 3.0
+    assert np.isnan(delta.mean_batch_size("mr-unet"))
+
+
+def test_load_statistics() -> None:
+    result = LoadResult(4, [0.1, 0.2, 0.3, 0.4], {200: 4, 503: 1}, wall_s=2.0, truncated=False)
+    assert (result.ok, result.errors, result.throughput) == (4, 1, 2.0)
+    assert result.percentile_ms(50) == pytest.approx(250.0)
+    assert np.isnan(percentile_ms([], 99))
+
+
+def test_command_line_values() -> None:
+    assert parse_counts("1:30,4:60") == {1: 30, 4: 60}
+    assert parse_settings(["DENOISE_BATCH_MAX_SIZE=8", "ort_spinning = false"]) == {
+        "batch_max_size": "8",
+        "ort_spinning": "false",
+    }
+
+
+def test_the_cases_are_the_documented_images() -> None:
+    png, dicom = ct_cases("none")
+    assert png.units.shape == dicom.units.shape == (512, 512)
+    inside = dicom.units >= -1024  # HU + 1024 PNG = the DICOM's HU, except the -3024 padding
+    np.testing.assert_allclose(png.units[inside], dicom.units[inside], atol=0.5)
+    assert np.all(png.units[~inside] == -1024)
+    radiograph = radiograph_case("none", size=2048)
+    assert radiograph.units.shape == (2048, 2048) and radiograph.upload.fields["modality"] == "xray"
+
+
+@pytest.mark.slow
+def test_a_smoke_run_reports_every_scenario(models_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    argv = ["--models-dir", str(models_dir), "--skip-large", "--skip-classical", "--small", "1:2,4:4"]
+    assert main([*argv, "--cases", "ct-512-png", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    (case,) = result["cases"]
+    assert case["case"] == "ct-512-png" and set(case["service"]) == {"1", "4"}
+    assert case["service"]["4"]["statuses"] == {"200": 4}
+    assert case["service"]["4"]["phases_ms"]["infer"] > 0
+    assert any("concurrency 4 throughput" in line for line in result["targets"])
