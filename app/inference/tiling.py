@@ -12,6 +12,8 @@ The plan, for one axis of length ``n`` (reflect-padded to a multiple of the grid
 * next to the margin, a raised-cosine ramp of ``blend`` pixels fades one tile into the next
   (sin^2 + cos^2 = 1), hiding any small difference that remains; at the image border the
   weight is 1, so the image's own border handling is kept;
+* tiles are only as long as covering the axis takes (``axis_tile``): as many as the configured
+  tile size needs, shortened on the grid so they overlap little more than the minimum;
 * the output is the weighted sum divided by the sum of weights, so tiles that overlap more than
   the minimum (the last one is shifted back to end at the border) still average correctly.
 
@@ -63,8 +65,28 @@ class TilePlan:
 
     @property
     def stride(self) -> int:
+        return self.stride_for(self.tile)
+
+    def stride_for(self, tile: int) -> int:
         # Rounded down to the grid so every tile start stays on the pooling grid.
-        return max(self.grid, (self.tile - self.overlap) // self.grid * self.grid)
+        return max(self.grid, (tile - self.overlap) // self.grid * self.grid)
+
+    def axis_tile(self, total: int) -> int:
+        """The tile length for an axis of ``total`` pixels (padded to the grid).
+
+        As many tiles as ``tile`` needs, but each only as long as covering the axis takes: a
+        1040-pixel axis with 512-pixel tiles and 100 pixels of overlap gets three tiles of 432,
+        not three of 512, so less of the image is computed twice.
+        """
+        if total <= self.tile:
+            return total
+        count = len(tile_starts(total, self.tile, self.stride))
+        smallest = max(2 * self.overlap, self.overlap + self.grid)
+        even = max(math.ceil((total + (count - 1) * self.overlap) / count), smallest)
+        for length in range(round_up(even, self.grid), self.tile, self.grid):
+            if len(tile_starts(total, length, self.stride_for(length))) <= count:
+                return length
+        return self.tile
 
 
 def round_up(value: int, multiple: int) -> int:
@@ -121,9 +143,9 @@ def run_tiled(image: np.ndarray, run_batch: BatchFunction, plan: TilePlan) -> np
     padded = np.ascontiguousarray(_pad_to_multiple(image, plan.grid))
     total_rows, total_cols = padded.shape
 
-    tile_rows, tile_cols = min(plan.tile, total_rows), min(plan.tile, total_cols)
-    row_starts = tile_starts(total_rows, tile_rows, plan.stride)
-    col_starts = tile_starts(total_cols, tile_cols, plan.stride)
+    tile_rows, tile_cols = plan.axis_tile(total_rows), plan.axis_tile(total_cols)
+    row_starts = tile_starts(total_rows, tile_rows, plan.stride_for(tile_rows))
+    col_starts = tile_starts(total_cols, tile_cols, plan.stride_for(tile_cols))
     row_weights = {s: axis_weights(tile_rows, s, total_rows, plan.margin, plan.blend) for s in row_starts}
     col_weights = {s: axis_weights(tile_cols, s, total_cols, plan.margin, plan.blend) for s in col_starts}
 

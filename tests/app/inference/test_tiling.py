@@ -77,3 +77,15 @@ def test_plan_grows_the_tile_when_the_margins_would_not_fit() -> None:
     plan = TilePlan.for_model(tile_size=64, receptive_field=68, blend=32, multiple=1, batch=1)
     assert plan.tile >= 2 * plan.overlap and plan.tile % plan.grid == 0
     assert plan.stride % plan.grid == 0 and plan.stride <= plan.tile - plan.overlap
+
+
+@pytest.mark.parametrize("total", [528, 1024, 1040, 2048, 3008, 4000])
+def test_axis_tiles_are_no_longer_and_no_more_than_the_configured_ones(total: int) -> None:
+    plan = TilePlan.for_model(tile_size=512, receptive_field=68, blend=32, multiple=4, batch=4)
+    tile = plan.axis_tile(total)
+    starts = tile_starts(total, tile, plan.stride_for(tile))
+    assert tile <= plan.tile and tile % plan.grid == 0 and tile >= 2 * plan.overlap
+    assert len(starts) <= len(tile_starts(total, plan.tile, plan.stride))
+    assert plan.stride_for(tile) <= tile - plan.overlap and starts[-1] + tile == total
+    if total == 1040:  # three tiles of 512 would compute 1536 pixels; three of 432, 1296
+        assert (tile, len(starts)) == (432, 3)
