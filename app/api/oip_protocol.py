@@ -29,11 +29,18 @@ _FLOAT32_LE = np.dtype("<f4")
 class OipError(Exception):
     """A request the protocol layer refuses, with the HTTP status and a message for the caller."""
 
-    def __init__(self, message: str, status: int = 400, code: str = "invalid_inference_request") -> None:
+    def __init__(
+        self,
+        message: str,
+        status: int = 400,
+        code: str = "invalid_inference_request",
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
         self.code = code
+        self.headers = headers
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@
 model id (``ct-unet``), version ``1``, one FP32 input and one FP32 output of shape [N, 1, H, W]
 named as in the card (``noisy`` -> ``denoised``), values in the model's [0, 1] range, i.e. after the
 card's normalisation. No decoding, tiling or metrics happen here; ``/v1/denoise`` does those. The
-model runs off the event loop and waits for the same inference slot as ``/v1/denoise``.
+model runs off the event loop in the model's micro-batcher, with the tiles of ``/v1/denoise``.
 
 Errors follow the protocol's shape, ``{"error": "<message>"}``.
 """
@@ -16,7 +16,6 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio.to_thread
-import numpy as np
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
@@ -30,6 +29,7 @@ from app.api.oip_protocol import (
     encode_infer_response,
     parse_infer_request,
 )
+from app.errors import ServiceBusy
 from app.imaging.dicom_derive import SOFTWARE_NAME, SOFTWARE_VERSION
 from app.inference.registry import LoadedModel, ModelRegistry
 
@@ -42,7 +42,7 @@ EXTENSIONS = ["binary_tensor_data"]
 
 def _error(request: Request, error: OipError) -> JSONResponse:
     request.state.error_code = error.code
-    return JSONResponse({"error": error.message}, status_code=error.status)
+    return JSONResponse({"error": error.message}, status_code=error.status, headers=error.headers)
 
 
 def _model(registry: ModelRegistry, name: str, version: str | None) -> LoadedModel:
@@ -121,12 +121,6 @@ async def model_ready(
     return _describe(request, registry, name, version, lambda model: {"name": model.card.id, "ready": True})
 
 
-def _run(model: LoadedModel, tensor: np.ndarray) -> np.ndarray:
-    card = model.card
-    (output,) = model.session.run([card.output.name], {card.input.name: tensor})
-    return np.asarray(output, dtype=np.float32)
-
-
 @router.post(
     "/models/{name}/infer",
     summary="Run the model on an FP32 [N, 1, H, W] tensor in [0, 1] (JSON or binary tensor data)",
@@ -155,16 +149,17 @@ async def infer(
             parse_infer_request, body, request.headers.get(HEADER_LENGTH), contract
         )
         started = time.perf_counter()
-        async with pipeline.limiter:
-            waited = time.perf_counter()
-            output = await anyio.to_thread.run_sync(_run, model, job.tensor)
-        finished = time.perf_counter()
+        try:  # the model's micro-batcher: shares calls with /v1/denoise tiles of the same shape
+            output, queued = await pipeline.infer(card.id, job.tensor)
+        except ServiceBusy as busy:
+            raise OipError(busy.detail, 503, busy.code, {"Retry-After": str(busy.retry_after_s)}) from busy
+        seconds = time.perf_counter() - started
         content, headers = await anyio.to_thread.run_sync(
             encode_infer_response, card.id, MODEL_VERSION, card.output.name, output, job
         )
     except OipError as error:
         return _error(request, error)
-    telemetry.observe_phases({"queue": waited - started, "infer": finished - waited}, card.modality, card.id)
+    telemetry.observe_phases({"queue": queued, "infer": seconds - queued}, card.modality, card.id)
     telemetry.pixels.labels(card.modality, card.id).inc(job.tensor.size)
     media_type = headers.pop("content-type")
     return Response(content, media_type=media_type, headers=headers)

@@ -18,6 +18,7 @@ import tritonclient.http as triton
 from fastapi.testclient import TestClient
 from tritonclient.utils import InferenceServerException
 
+from app.errors import ServiceBusy
 from tests.uvicorn_server import uvicorn_server
 
 
@@ -204,3 +205,15 @@ def test_unknown_model_and_version(client: TestClient) -> None:
     assert client.get("/v2/models/ct-unet/versions/2").status_code == 404
     assert client.get("/v2/models/ct-unet/versions/1/ready").json() == {"name": "ct-unet", "ready": True}
     assert client.get("/v2/health/ready").json() == {"ready": True}
+
+
+def test_a_full_queue_answers_503_with_retry_after(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def busy(model_id: str, batch: np.ndarray) -> tuple[np.ndarray, float]:
+        raise ServiceBusy("The inference queue for model 'ct-unet' is full.", retry_after_s=3)
+
+    monkeypatch.setattr(client.app.state.pipeline, "infer", busy)
+    response = client.post("/v2/models/ct-unet/infer", json=_input())
+    assert response.status_code == 503 and response.headers["retry-after"] == "3"
+    assert response.json() == {"error": "The inference queue for model 'ct-unet' is full."}
