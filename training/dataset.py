@@ -145,15 +145,22 @@ class ValidationImage:
     volume_id: str
 
 
-def _centre_crop(image: np.ndarray, size: int) -> np.ndarray:
-    rows, cols = image.shape
-    top, left = max(0, (rows - size) // 2), max(0, (cols - size) // 2)
-    return image[top:top + size, left:left + size]
+def crop_origins(shape: tuple[int, ...], size: int, count: int) -> list[tuple[int, int]]:
+    """``count`` crop corners spread evenly over the image (one: the centre)."""
+    rows, cols = shape
+    per_side = max(1, round(math.sqrt(count)))
+    tops = np.linspace(0, max(0, rows - size), per_side + 2)[1:-1] if per_side > 1 else [max(0, (rows - size) // 2)]
+    lefts = np.linspace(0, max(0, cols - size), per_side + 2)[1:-1] if per_side > 1 else [max(0, (cols - size) // 2)]
+    return [(int(t), int(left)) for t in tops for left in lefts]
 
 
 def validation_set(prepared: Path, config: TrainConfig, seed: int, max_slices_per_volume: int = 3,
-                   split: str = "val") -> list[ValidationImage]:
-    """Noisy validation crops at the default level, simulated with a fixed seed."""
+                   split: str = "val", min_images_per_volume: int = 1) -> list[ValidationImage]:
+    """Noisy crops at the default level, simulated with a fixed seed.
+
+    A volume with fewer slices than ``min_images_per_volume`` (a single radiograph) gives several
+    crops spread over each slice instead.
+    """
     rng = np.random.default_rng(seed)
     images: list[ValidationImage] = []
     for record in _records(prepared, config.run.modality, split):
@@ -165,7 +172,10 @@ def validation_set(prepared: Path, config: TrainConfig, seed: int, max_slices_pe
             # CT noise is simulated on the whole slice (the projections see all of it), then cropped.
             noisy = degrade_image(config.run.modality, clean, config.noise.default_level, rng, pixel_mm=pixel_mm,
                                   normalisation=config.normalisation, read_sigma=config.noise.xray_read_sigma)
-            crop = config.data.validation_crop
-            images.append(ValidationImage(_centre_crop(clean, crop), _centre_crop(noisy, crop),
-                                          config.noise.default_level, record["volume_id"]))
+            size = config.data.validation_crop
+            crops = max(1, -(-min_images_per_volume // len(picks)))
+            for top, left in crop_origins(clean.shape, size, crops):
+                images.append(ValidationImage(clean[top:top + size, left:left + size],
+                                              noisy[top:top + size, left:left + size],
+                                              config.noise.default_level, record["volume_id"]))
     return images

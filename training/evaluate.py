@@ -125,7 +125,8 @@ def evaluate_modality(modality: str, models_dir: Path, prepared: Path, slices: i
     levels: dict[str, Any] = {}
     for level_name, level in config.noise.evaluation_levels.items():
         level_config = config.model_copy(update={"noise": config.noise.model_copy(update={"default_level": level})})
-        images = validation_set(prepared, level_config, seed=TEST_SEED, max_slices_per_volume=slices, split="test")
+        images = validation_set(prepared, level_config, seed=TEST_SEED, max_slices_per_volume=slices, split="test",
+                                min_images_per_volume=slices)
         table: dict[str, list[Scored]] = {"noisy input": [], **{m.name: [] for m in methods},
                                           **{arch: [] for arch in predictors}}
         for image in images:
