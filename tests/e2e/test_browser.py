@@ -107,7 +107,7 @@ def test_upload_a_dicom_and_see_both_images_and_the_metrics(
     metrics = driver.find_element(By.ID, "metrics").text  # type: ignore[attr-defined]
     assert "noise σ, wavelet MAD (HU)" in metrics and "noise reduction (dB)" in metrics
     details = driver.find_element(By.ID, "details").text  # type: ignore[attr-defined]
-    assert "ct-unet" in details and "ExecutionProvider" in details
+    assert "model ct-" in details and "ExecutionProvider" in details  # tiny or trained models
     assert driver.find_element(By.ID, "window-center").get_attribute("value") == "40"  # type: ignore[attr-defined]
     link = driver.find_element(By.ID, "download")  # type: ignore[attr-defined]
     assert (
