@@ -22,7 +22,7 @@ from app.errors import InvalidRequest, ModalityNotServed, UnknownModality
 from app.imaging import codec, dicom
 from app.imaging.dicom_derive import Provenance
 from app.imaging.image import Image
-from app.inference.batcher import BatchObserver
+from app.inference.batcher import BatchObserver, Ticket
 from app.inference.card import Modality
 from app.inference.engine import Denoiser, PhaseTimer
 from app.inference.registry import LoadedModel, ModelRegistry
@@ -120,8 +120,10 @@ class DenoisePipeline:
                 "the image really is one of those."
             )
         served_any = bool(self.registry.models)  # none at all: not ready, answered 503 below
-        if served_any and image.modality not in self.registry.modalities() and not self.registry.failed_for(
-            image.modality
+        if (
+            served_any
+            and image.modality not in self.registry.modalities()
+            and not self.registry.failed_for(image.modality)
         ):
             raise ModalityNotServed(
                 f"No model for {image.modality} is installed; this service denoises {served}."
@@ -169,6 +171,27 @@ class DenoisePipeline:
             )
         return metrics
 
+    def _denoise_and_encode(
+        self,
+        request: DenoiseRequest,
+        image: Image,
+        clean: Image | None,
+        model: LoadedModel,
+        denoiser: Denoiser,
+        ticket: Ticket,
+        timer: PhaseTimer,
+    ) -> tuple[dict[str, object], bytes]:
+        frames = denoiser.denoise(image.frames, timer, ticket)
+        denoiser.batcher.withdraw(ticket)  # a forming batch need not wait for this request
+        denoised = image.with_frames(frames)
+        started = time.perf_counter()
+        metrics = self._metrics(request, image, denoised, clean, model)
+        started = timer.add("metrics", started)
+        provenance = Provenance(model.card.id, model.card.version, request.strength)
+        content = codec.encode(denoised, provenance)
+        timer.add("encode", started)
+        return metrics, content
+
     async def run(self, request: DenoiseRequest, labels: RequestLabels) -> DenoiseOutcome:
         timer = PhaseTimer()
         started = time.perf_counter()
@@ -178,20 +201,25 @@ class DenoisePipeline:
         labels.modality, labels.model = modality, model.card.id
         denoiser = self.denoisers[model.card.id]
         denoiser.batcher.check_capacity()
-        with denoiser.batcher.expect() as ticket:
+        ticket = denoiser.batcher.announce()
+        try:
             clean = await self._reference(request, image)
             timer.add("decode", started)
-            frames = await anyio.to_thread.run_sync(
-                denoiser.denoise, image.frames, timer, ticket, limiter=self.waiting
+            # One worker thread from here on: model, metrics and encoding without hops back
+            # to the event loop in between.
+            metrics, content = await anyio.to_thread.run_sync(
+                self._denoise_and_encode,
+                request,
+                image,
+                clean,
+                model,
+                denoiser,
+                ticket,
+                timer,
+                limiter=self.waiting,
             )
-        denoised = image.with_frames(frames)
-
-        started = time.perf_counter()
-        metrics = await anyio.to_thread.run_sync(self._metrics, request, image, denoised, clean, model)
-        started = timer.add("metrics", started)
-        provenance = Provenance(model.card.id, model.card.version, request.strength)
-        content = await anyio.to_thread.run_sync(codec.encode, denoised, provenance)
-        timer.add("encode", started)
+        finally:
+            denoiser.batcher.withdraw(ticket)
         return DenoiseOutcome(
             content=content,
             media_type=codec.MEDIA_TYPES[image.format],

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
 import platform
 import subprocess
@@ -65,7 +66,9 @@ def machine() -> dict[str, object]:
     meminfo = Path("/proc/meminfo")
     if meminfo.exists():
         memory = meminfo.read_text().splitlines()[0].split(":", 1)[1].strip()
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=False
+    )
     return {
         "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M"),
         "cpu": cpu,
@@ -105,8 +108,12 @@ def direct_timings(model: LoadedModel, case: Case, counts: dict[int, int]) -> li
 
 
 def run_service(
-    reports: list[CaseReport], counts: dict[str, dict[int, int]], models_dir: Path, settings: dict[str, str],
-    log_path: Path, max_seconds: float,
+    reports: list[CaseReport],
+    counts: dict[str, dict[int, int]],
+    models_dir: Path,
+    settings: dict[str, str],
+    log_path: Path,
+    max_seconds: float,
 ) -> None:
     with running_service(models_dir, log_path, settings) as base_url:
         for report in reports:
@@ -127,92 +134,127 @@ def run_service(
 
 
 def _fmt(value: float, digits: int = 1) -> str:
-    return "n/a" if value != value else f"{value:.{digits}f}"  # NaN -> n/a
+    return "n/a" if math.isnan(value) else f"{value:.{digits}f}"
 
 
 def tables(reports: list[CaseReport], classical: dict[str, Timing], ct_report: CaseReport | None) -> str:
-    lines = ["### Service under load vs direct ONNX Runtime", ""]
+    lines = ["### Direct ONNX Runtime (the registry's session, whole image per call)", ""]
     lines += [
-        "| case | model | load | requests (errors) | img/s | p50 ms | p95 ms | p99 ms | p99/p50 "
-        "| mean batch | vs direct img/s | p50 - direct p50 ms |",
+        "| case | model | batch | calls | img/s | p50 ms per call | p95 | p99 |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for report in reports:
+        for timing in report.direct:
+            p50, p95, p99 = (timing.percentile_ms(q) for q in (50, 95, 99))
+            lines.append(
+                f"| {report.case.name} | {report.model} | {timing.images_per_call} | {len(timing.seconds)} "
+                f"| {timing.throughput:.2f} | {p50:.0f} | {p95:.0f} | {p99:.0f} |"
+            )
+    lines += ["", "### The service under load (closed loop, loopback HTTP)", ""]
+    lines += [
+        "| case | concurrency | requests (errors) | img/s | p50 ms | p95 | p99 | p99/p50 | mean batch "
+        "| img/s vs direct batch 1 | vs best direct | p50 - direct p50 ms |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for report in reports:
         single = report.direct[0]
-        for timing in report.direct:
-            lines.append(
-                f"| {report.case.name} | {report.model} | direct, {timing.name} | {len(timing.seconds)} calls "
-                f"| {timing.throughput:.2f} | {_fmt(timing.percentile_ms(50) / timing.images_per_call, 0)}"
-                " (per image) | | | | | | |"
-            )
         for concurrency, result in report.load.items():
             p50, p95, p99 = (result.percentile_ms(q) for q in (50, 95, 99))
+            truncated = ", truncated" if result.truncated else ""
             lines.append(
-                f"| {report.case.name} | {report.model} | service, concurrency {concurrency} "
-                f"| {result.ok + result.errors} ({result.errors}{', truncated' if result.truncated else ''}) "
+                f"| {report.case.name} | {concurrency} | {result.ok + result.errors} ({result.errors}{truncated}) "
                 f"| {result.throughput:.2f} | {_fmt(p50, 0)} | {_fmt(p95, 0)} | {_fmt(p99, 0)} "
                 f"| {_fmt(p99 / p50, 2)} | {_fmt(report.batch_size[concurrency], 2)} "
+                f"| {result.throughput / single.throughput:.0%} "
                 f"| {result.throughput / report.best_direct.throughput:.0%} "
                 f"| {_fmt(p50 - single.percentile_ms(50), 0)} |"
             )
-    lines += ["", "### Service time per phase (mean ms per request, from /metrics)", ""]
-    lines += ["| case | load | " + " | ".join(PHASES) + " |", "| --- | --- |" + " --- |" * len(PHASES)]
+    lines += ["", "### Service time per phase (mean ms per request, from the service's /metrics)", ""]
+    lines += ["| case | concurrency | " + " | ".join(PHASES) + " |", "| --- | --- |" + " --- |" * len(PHASES)]
     for report in reports:
         for concurrency, phases in report.phases.items():
-            cells = " | ".join(_fmt(phases.get(p, float("nan"))) for p in PHASES)
-            lines.append(f"| {report.case.name} | concurrency {concurrency} | {cells} |")
+            cells = " | ".join(_fmt(phases.get(p, math.nan)) for p in PHASES)
+            lines.append(f"| {report.case.name} | {concurrency} | {cells} |")
     if classical and ct_report is not None:
         megapixels = ct_report.case.megapixels
         unet = ct_report.direct[0].percentile_ms(50) / 1000 / megapixels
         lines += ["", f"### Classical methods on the same CT slice ({ct_report.case.name})", ""]
-        lines += ["| method | s per image (median) | s per megapixel | x slower than the model |",
-                  "| --- | --- | --- | --- |"]
-        lines.append(f"| {ct_report.model} (direct ONNX Runtime) | {unet * megapixels:.3f} | {unet:.3f} | 1 |")
+        lines += [
+            "| method | s per image (median) | s per megapixel | x slower than the model |",
+            "| --- | --- | --- | --- |",
+        ]
+        lines.append(
+            f"| {ct_report.model} (direct ONNX Runtime) | {unet * megapixels:.3f} | {unet:.3f} | 1 |"
+        )
         for name, timing in classical.items():
             per_mp = timing.percentile_ms(50) / 1000 / megapixels
             lines.append(f"| {name} | {per_mp * megapixels:.3f} | {per_mp:.3f} | {per_mp / unet:.1f} |")
     return "\n".join(lines)
 
 
-def targets(reports: list[CaseReport], classical: dict[str, Timing], ct_report: CaseReport | None) -> list[str]:
+def targets(
+    reports: list[CaseReport], classical: dict[str, Timing], ct_report: CaseReport | None
+) -> list[str]:
     checks = []
     for report in reports:
         name, load = report.case.name, report.load
         if report.case.megapixels < 0.3:
             if 4 in load:
                 ratio = load[4].throughput / report.best_direct.throughput
-                checks.append(f"{'PASS' if ratio >= 0.85 else 'FAIL'} {name}: concurrency 4 throughput "
-                              f"{ratio:.0%} of direct ONNX Runtime (target >= 85%)")
+                single = load[4].throughput / report.direct[0].throughput
+                checks.append(
+                    f"{'PASS' if ratio >= 0.85 else 'FAIL'} {name}: concurrency 4 throughput {ratio:.0%} of "
+                    f"the best direct ONNX Runtime run, {single:.0%} of batch 1 (target >= 85%)"
+                )
             if 1 in load:
                 overhead = load[1].percentile_ms(50) - report.direct[0].percentile_ms(50)
-                checks.append(f"{'PASS' if overhead <= 15 else 'FAIL'} {name}: concurrency 1 median overhead "
-                              f"{overhead:.1f} ms (target <= 15 ms)")
+                checks.append(
+                    f"{'PASS' if overhead <= 15 else 'FAIL'} {name}: concurrency 1 median overhead "
+                    f"{overhead:.1f} ms (target <= 15 ms)"
+                )
         if 16 in load:
             result = load[16]
             tail = result.percentile_ms(99) / result.percentile_ms(50)
             ok = result.errors == 0 and tail <= 4
-            checks.append(f"{'PASS' if ok else 'FAIL'} {name}: concurrency 16 errors {result.errors}, "
-                          f"p99/p50 {tail:.2f} (target 0 errors, <= 4)")
+            checks.append(
+                f"{'PASS' if ok else 'FAIL'} {name}: concurrency 16 errors {result.errors}, "
+                f"p99/p50 {tail:.2f} (target 0 errors, <= 4)"
+            )
     if "bm3d" in classical and ct_report is not None:
         ratio = classical["bm3d"].percentile_ms(50) / ct_report.direct[0].percentile_ms(50)
-        checks.append(f"{'PASS' if ratio >= 30 else 'FAIL'} {ct_report.model} per megapixel {ratio:.0f}x faster "
-                      "than BM3D (target >= 30x)")
+        checks.append(
+            f"{'PASS' if ratio >= 30 else 'FAIL'} {ct_report.model} per megapixel {ratio:.0f}x faster "
+            "than BM3D (target >= 30x)"
+        )
     return checks
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--models-dir", type=Path, default=REPO / "models")
     parser.add_argument("--quick", action="store_true", help="a smoke run: a few requests per scenario")
-    parser.add_argument("--small", type=parse_counts, help="concurrency:requests for 512 x 512, e.g. 1:30,4:60")
+    parser.add_argument(
+        "--small", type=parse_counts, help="concurrency:requests for 512 x 512, e.g. 1:30,4:60"
+    )
     parser.add_argument("--large", type=parse_counts, help="concurrency:requests for 2048 x 2048")
     parser.add_argument("--skip-large", action="store_true")
     parser.add_argument("--cases", help="comma list of case names to run (default: all)")
     parser.add_argument("--skip-classical", action="store_true")
-    parser.add_argument("--metrics", default="none", choices=("none", "noref"),
-                        help="the metrics field sent (default none: the model path alone)")
-    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
-                        help="a service setting (DENOISE_NAME), for the service and the direct baseline")
+    parser.add_argument(
+        "--metrics",
+        default="none",
+        choices=("none", "noref"),
+        help="the metrics field sent (default none: the model path alone)",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a service setting (DENOISE_NAME), for the service and the direct baseline",
+    )
     parser.add_argument("--max-seconds", type=float, default=240, help="time bound per scenario")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
@@ -246,13 +288,16 @@ def main(argv: list[str] | None = None) -> int:
     classical: dict[str, Timing] = {}
     if not args.skip_classical and ct_report is not None:
         print("classical methods:", flush=True)
-        unit = model_input(load_registry(Settings(models_dir=args.models_dir)).resolve("ct", None),
-                           ct_report.case.units)[0, 0]
+        unit = model_input(
+            load_registry(Settings(models_dir=args.models_dir)).resolve("ct", None), ct_report.case.units
+        )[0, 0]
         classical = time_classical(unit, {"bm3d": 1 if args.quick else 3, "nlm_skimage": 3})
 
     print()
-    print(f"Machine: {info['cpu']}, {info['cores']} cores, {info['memory']}; onnxruntime {info['onnxruntime']} "
-          f"({', '.join(info['providers'])}); commit {info['commit']}; {info['date_utc']} UTC")  # type: ignore[arg-type]
+    print(
+        f"Machine: {info['cpu']}, {info['cores']} cores, {info['memory']}; onnxruntime {info['onnxruntime']} "
+        f"({', '.join(info['providers'])}); commit {info['commit']}; {info['date_utc']} UTC"
+    )  # type: ignore[arg-type]
     print(f"Settings: {settings or 'defaults'}; metrics={args.metrics}")
     print()
     print(tables(reports, classical, ct_report))
@@ -260,13 +305,19 @@ def main(argv: list[str] | None = None) -> int:
     checks = targets(reports, classical, ct_report)
     print("\n".join(checks))
     if args.json is not None:
-        args.json.write_text(json.dumps(_as_json(info, settings, args.metrics, reports, classical, checks), indent=1))
+        args.json.write_text(
+            json.dumps(_as_json(info, settings, args.metrics, reports, classical, checks), indent=1)
+        )
     return 0
 
 
 def _as_json(
-    info: dict[str, object], settings: dict[str, str], metrics: str, reports: list[CaseReport],
-    classical: dict[str, Timing], checks: list[str],
+    info: dict[str, object],
+    settings: dict[str, str],
+    metrics: str,
+    reports: list[CaseReport],
+    classical: dict[str, Timing],
+    checks: list[str],
 ) -> dict[str, object]:
     def timing(t: Timing) -> dict[str, object]:
         return {"name": t.name, "images_per_call": t.images_per_call, "seconds": t.seconds}

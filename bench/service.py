@@ -17,7 +17,7 @@ import httpx
 from app.settings import Settings
 from tests.uvicorn_server import uvicorn_server
 
-_SAMPLE = re.compile(r'^(?P<name>[a-z_]+)(?:\{(?P<labels>[^}]*)\})? (?P<value>\S+)$')
+_SAMPLE = re.compile(r"^(?P<name>[a-z_]+)(?:\{(?P<labels>[^}]*)\})? (?P<value>\S+)$")
 _LABEL = re.compile(r'(\w+)="([^"]*)"')
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -68,7 +68,7 @@ class MetricsDelta:
         """Mean milliseconds per request and phase, for requests served by ``model``."""
         requests = self._sum("denoise_request_seconds_count", model=model, status="200")
         phases: dict[str, float] = {}
-        for (sample, labels), _ in self.after.items():
+        for sample, labels in self.after:
             if sample == "denoise_phase_seconds_sum" and ("model", model) in labels:
                 phase = dict(labels)["phase"]
                 seconds = self._sum("denoise_phase_seconds_sum", model=model, phase=phase)

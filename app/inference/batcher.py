@@ -101,20 +101,30 @@ class MicroBatcher:
 
     # -- callers ---------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def expect(self) -> Iterator[Ticket]:
+    def announce(self) -> Ticket:
         """Announce a request that will submit tiles soon, so a forming batch waits for it."""
-        ticket = Ticket()
         with self._condition:
             self._preparing += 1
+        return Ticket()
+
+    def withdraw(self, ticket: Ticket) -> None:
+        """The request will submit nothing more (idempotent)."""
+        with self._condition:
+            if ticket.closed:
+                return
+            if not ticket.queued:
+                self._preparing -= 1
+            ticket.closed = True
+            self._condition.notify_all()
+
+    @contextlib.contextmanager
+    def expect(self) -> Iterator[Ticket]:
+        """``announce`` on entry, ``withdraw`` on exit."""
+        ticket = self.announce()
         try:
             yield ticket
         finally:
-            with self._condition:
-                if not ticket.queued:
-                    self._preparing -= 1
-                ticket.closed = True
-                self._condition.notify_all()
+            self.withdraw(ticket)
 
     def check_capacity(self, tiles: int = 1) -> None:
         """Raise ``ServiceBusy`` now if ``tiles`` more would not fit in the queue."""

@@ -84,8 +84,8 @@ class Gate:
 
 def batch_histogram(client: TestClient) -> tuple[float, float]:
     text = client.get("/metrics").text
-    count = re.search(r'^denoise_batch_size_count\{model="xray-unet"\} (\S+)$', text, re.M)
-    total = re.search(r'^denoise_batch_size_sum\{model="xray-unet"\} (\S+)$', text, re.M)
+    count = re.search(r'^denoise_batch_size_count\{model="xray-unet"\} (\S+)$', text, re.MULTILINE)
+    total = re.search(r'^denoise_batch_size_sum\{model="xray-unet"\} (\S+)$', text, re.MULTILINE)
     if count is None or total is None:  # no batch observed yet
         return 0.0, 0.0
     return float(count.group(1)), float(total.group(1))
