@@ -23,6 +23,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
+import numpy as np
 import onnxruntime as ort
 
 from app.inference.registry import LoadedModel, load_registry
@@ -30,6 +32,7 @@ from app.settings import Settings
 from bench.baselines import Timing, model_input, time_classical, time_direct
 from bench.cases import Case, ct_cases, radiograph_case
 from bench.loadgen import LoadResult, run_load
+from bench.png_encoding import EncodeTiming, time_png_variants
 from bench.service import MetricsDelta, running_service, scrape
 
 REPO = Path(__file__).resolve().parents[1]
@@ -192,6 +195,14 @@ def tables(reports: list[CaseReport], classical: dict[str, Timing], ct_report: C
     return "\n".join(lines)
 
 
+def encoding_table(encodings: dict[str, list[EncodeTiming]]) -> str:
+    lines = ["### 16-bit PNG encoding of the output (OpenCV)", ""]
+    lines += ["| case | encoder setting | ms (median) | KiB |", "| --- | --- | --- | --- |"]
+    for case, timings in encodings.items():
+        lines += [f"| {case} | {t.variant} | {t.median_ms:.1f} | {t.kilobytes:.0f} |" for t in timings]
+    return "\n".join(lines)
+
+
 def targets(
     reports: list[CaseReport], classical: dict[str, Timing], ct_report: CaseReport | None
 ) -> list[str]:
@@ -293,6 +304,12 @@ def main(argv: list[str] | None = None) -> int:
         )[0, 0]
         classical = time_classical(unit, {"bm3d": 1 if args.quick else 3, "nlm_skimage": 3})
 
+    encodings: dict[str, list[EncodeTiming]] = {}
+    for case in cases:
+        if case.upload.name.endswith(".png"):
+            stored = cv2.imdecode(np.frombuffer(case.upload.content, np.uint8), cv2.IMREAD_UNCHANGED)
+            encodings[case.name] = time_png_variants(stored)
+
     print()
     print(
         f"Machine: {info['cpu']}, {info['cores']} cores, {info['memory']}; onnxruntime {info['onnxruntime']} "
@@ -302,12 +319,14 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(tables(reports, classical, ct_report))
     print()
+    print(encoding_table(encodings))
+    print()
     checks = targets(reports, classical, ct_report)
     print("\n".join(checks))
     if args.json is not None:
-        args.json.write_text(
-            json.dumps(_as_json(info, settings, args.metrics, reports, classical, checks), indent=1)
-        )
+        results = _as_json(info, settings, args.metrics, reports, classical, checks)
+        results["png_encoding"] = {case: [vars(t) for t in ts] for case, ts in encodings.items()}
+        args.json.write_text(json.dumps(results, indent=1))
     return 0
 
 
