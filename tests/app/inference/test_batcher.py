@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
+import anyio
 import numpy as np
 import pytest
 
@@ -15,6 +16,7 @@ from app.errors import ServiceBusy
 from app.inference.batcher import MicroBatcher
 from app.inference.engine import Denoiser, PhaseTimer
 from app.inference.registry import load_registry
+from app.pipeline import DenoisePipeline
 from app.settings import Settings
 
 LONG_DELAY_S = 5.0  # a batch window no test may ever sit out
@@ -243,3 +245,15 @@ def test_the_timer_splits_queue_from_infer(ct_denoiser: Denoiser) -> None:
     ct_denoiser.denoise(np.zeros((2, 40, 40)), timer)
     assert set(timer.seconds) == {"preprocess", "queue", "infer", "postprocess"}
     assert all(seconds >= 0 for seconds in timer.seconds.values())
+
+
+def test_the_pipeline_runs_a_raw_tensor_through_the_batcher(models_dir) -> None:  # type: ignore[no-untyped-def]
+    settings = Settings(models_dir=models_dir, intra_op_threads=1)
+    pipeline = DenoisePipeline(load_registry(settings), settings)
+    try:
+        batch = np.random.default_rng(3).random((3, 1, 32, 24), dtype=np.float32)
+        outputs, queued = anyio.run(pipeline.infer, "ct-unet", batch)
+        np.testing.assert_array_equal(outputs, pipeline.denoisers["ct-unet"].run_model(batch))
+        assert queued >= 0
+    finally:
+        pipeline.close()
