@@ -102,6 +102,11 @@ def prepare(sources: list[SourceSpec], cache: Path, out: Path, workers: int = 2,
                 record["noise_hu_at_reference_flux"] = [round(r[1], 3) for r in results]
             records.append(record)
             log.info("prepared %s: %s %s", volume.volume_id, spec.split, slices.shape)
+    previous = out / "manifest.json"
+    if previous.exists():
+        # Preparing some modalities again keeps the others' records (and their files).
+        redone = {s.modality for s in sources}
+        records = [r for r in load_manifest(out)["volumes"] if r["modality"] not in redone] + records
     manifest = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "volumes": records,
