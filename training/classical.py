@@ -34,11 +34,15 @@ def bilateral(noisy: np.ndarray, sigma: float, colour_factor: float) -> np.ndarr
 
 
 def nlm_opencv(noisy: np.ndarray, sigma: float, h_factor: float) -> np.ndarray:
-    scaled = np.clip((noisy + _NLM_OFFSET) / (1 + 2 * _NLM_OFFSET) * _NLM_SCALE, 0, _NLM_SCALE).astype(np.uint16)
-    h = h_factor * sigma / (1 + 2 * _NLM_OFFSET) * _NLM_SCALE
+    # Map the image onto 16 bits without clipping: the unit range widened to cover the data
+    # (a CT window leaves air and bone well outside [0, 1]).
+    low = min(-_NLM_OFFSET, float(noisy.min()))
+    span = max(1.0 + _NLM_OFFSET, float(noisy.max())) - low
+    scaled = np.round((noisy - low) / span * _NLM_SCALE).astype(np.uint16)
+    h = h_factor * sigma / span * _NLM_SCALE
     # 16-bit input is accepted only with the L1 patch distance.
     out = cv2.fastNlMeansDenoising(scaled, [float(h)], None, 7, 21, cv2.NORM_L1)
-    return (out.astype(np.float32) / _NLM_SCALE * (1 + 2 * _NLM_OFFSET) - _NLM_OFFSET).astype(np.float32)
+    return (out.astype(np.float32) / _NLM_SCALE * span + low).astype(np.float32)
 
 
 def nlm_skimage(noisy: np.ndarray, sigma: float, h_factor: float) -> np.ndarray:

@@ -111,6 +111,8 @@ def evaluate_modality(modality: str, models_dir: Path, prepared: Path, slices: i
     config = _config_from_card(reference_card, crop)
     spec = reference_card.normalisation
     predictors = {arch: onnx_predictor(_session(d / "model.onnx", threads)) for arch, (d, _) in cards.items()}
+    # Each model is fed through its own card's normalisation (the CT models' windows differ).
+    model_specs = {arch: card.normalisation for arch, (_, card) in cards.items()}
     for predict in predictors.values():  # first-run allocations are not part of the timing
         predict(np.zeros((1, 1, 64, 64), np.float32))
 
@@ -135,7 +137,7 @@ def evaluate_modality(modality: str, models_dir: Path, prepared: Path, slices: i
                 out, seconds = classical_denoise(method, parameters[method.name], image, spec)
                 table[method.name].append(score(image.clean, out, modality, seconds))
             for arch, predict in predictors.items():
-                out, seconds = model_denoise(predict, image, spec)
+                out, seconds = model_denoise(predict, image, model_specs[arch])
                 table[arch].append(score(image.clean, out, modality, seconds))
         levels[level_name] = {"level": level, "images": len(images),
                               "methods": {name: _mean(scores) for name, scores in table.items()}}
