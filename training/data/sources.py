@@ -8,7 +8,6 @@ volumes in their native units. Images are never committed.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import plistlib
 import shutil
@@ -57,61 +56,60 @@ def _run(command: list[str], cwd: Path) -> None:
 # --- fetchers: each returns the folder the package was unpacked into -------------------------
 
 
-def fetch_debian(cache: Path, package: str) -> Path:
-    target = cache / "debian" / package
-    if target.exists():
-        return target
-    work = cache / "debian" / f".{package}.partial"
+def _unpack_once(folder: Path, fill: Callable[[Path, Path], None]) -> Path:
+    """Return ``folder``, first filling it if missing.
+
+    ``fill(work, root)`` downloads into ``work`` and unpacks into ``root``; ``root`` becomes
+    ``folder`` only once complete, so an interrupted fetch is redone, never half-used.
+    """
+    if folder.exists():
+        return folder
+    work = folder.with_name(f".{folder.name}.partial")
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    try:
-        _run(["apt-get", "download", package], cwd=work)
-    except subprocess.CalledProcessError:
-        # A fresh machine has no package lists yet; `apt-get download` needs them.
-        _run(["apt-get", "update", "-qq"], cwd=work)
-        _run(["apt-get", "download", package], cwd=work)
-    (deb,) = work.glob(f"{package}_*.deb")
-    _run(["dpkg", "-x", deb.name, "root"], cwd=work)
-    (work / "root" / "VERSION").write_text(deb.name.split("_")[1])
-    (work / "root").rename(target)
+    fill(work, work / "root")
+    (work / "root").rename(folder)
     shutil.rmtree(work)
-    return target
+    return folder
+
+
+def fetch_debian(cache: Path, package: str) -> Path:
+    def fill(work: Path, root: Path) -> None:
+        try:
+            _run(["apt-get", "download", package], cwd=work)
+        except subprocess.CalledProcessError:
+            # A fresh machine has no package lists yet; `apt-get download` needs them.
+            _run(["apt-get", "update", "-qq"], cwd=work)
+            _run(["apt-get", "download", package], cwd=work)
+        (deb,) = work.glob(f"{package}_*.deb")
+        _run(["dpkg", "-x", deb.name, root.name], cwd=work)
+        (root / "VERSION").write_text(deb.name.split("_")[1])
+
+    return _unpack_once(cache / "debian" / package, fill)
+
+
+def _extract_single(work: Path, pattern: str, root: Path) -> None:
+    (archive_path,) = work.glob(pattern)
+    with tarfile.open(archive_path) as archive:
+        archive.extractall(root, filter="data")
 
 
 def fetch_npm(cache: Path, spec: str) -> Path:
-    name = spec.replace("@", "-").replace("/", "-")
-    target = cache / "npm" / name
-    if target.exists():
-        return target
-    work = cache / "npm" / f".{name}.partial"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    _run(["npm", "pack", "--silent", spec], cwd=work)
-    (tgz,) = work.glob("*.tgz")
-    with tarfile.open(tgz) as archive:
-        archive.extractall(work / "root", filter="data")
-    (work / "root").rename(target)
-    shutil.rmtree(work)
-    return target
+    def fill(work: Path, root: Path) -> None:
+        _run(["npm", "pack", "--silent", spec], cwd=work)
+        _extract_single(work, "*.tgz", root)
+
+    return _unpack_once(cache / "npm" / spec.replace("@", "-").replace("/", "-"), fill)
 
 
 def fetch_pypi_sdist(cache: Path, requirement: str) -> Path:
-    name = requirement.replace("==", "-")
-    target = cache / "pypi" / name
-    if target.exists():
-        return target
-    work = cache / "pypi" / f".{name}.partial"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    # --no-build-isolation: the sdist's build backend (versioneer, numpy) is only asked for metadata.
-    _run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
-          "--no-build-isolation", "-d", ".", requirement], cwd=work)
-    (sdist,) = work.glob("*.tar.gz")
-    with tarfile.open(sdist) as archive:
-        archive.extractall(work / "root", filter="data")
-    (work / "root").rename(target)
-    shutil.rmtree(work)
-    return target
+    def fill(work: Path, root: Path) -> None:
+        # --no-build-isolation: the sdist's build backend (versioneer, numpy) is only asked for metadata.
+        _run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
+              "--no-build-isolation", "-d", ".", requirement], cwd=work)
+        _extract_single(work, "*.tar.gz", root)
+
+    return _unpack_once(cache / "pypi" / requirement.replace("==", "-"), fill)
 
 
 def pydicom_data_file(name: str) -> Path:
