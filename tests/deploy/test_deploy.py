@@ -60,7 +60,7 @@ def test_compose_reserves_a_gpu_and_wires_prometheus_and_grafana() -> None:
 def promtool() -> str:
     path = shutil.which("promtool")
     if path is None:
-        if os.environ.get("DENOISE_REQUIRE_PROMTOOL") == "1":
+        if os.environ.get("CI_REQUIRE_PROMTOOL") == "1":
             pytest.fail("promtool missing (apt-get install prometheus)")
         pytest.skip("promtool missing (apt-get install prometheus)")
     return path

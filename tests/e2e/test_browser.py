@@ -4,7 +4,7 @@ Loads ``/`` from a real uvicorn, uploads a CT DICOM (a compressed one the browse
 decode), waits for both images and the metrics, checks the canvases show an image, changes the
 window, and saves a screenshot (``DENOISE_SCREENSHOT`` names a copy to keep, e.g.
 docs/web-viewer.png). Skips when chromium or chromedriver is missing, unless
-``DENOISE_REQUIRE_BROWSER=1`` (set by .ci/run), which makes a missing browser a failure.
+``CI_REQUIRE_BROWSER=1`` (set by .ci/run), which makes a missing browser a failure.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def browser_missing() -> str | None:
 def browser() -> Iterator[object]:
     missing = browser_missing()
     if missing:
-        if os.environ.get("DENOISE_REQUIRE_BROWSER") == "1":
+        if os.environ.get("CI_REQUIRE_BROWSER") == "1":
             pytest.fail(missing)
         pytest.skip(missing)
     profile = tempfile.mkdtemp(prefix="chromium-profile-")

@@ -3,7 +3,7 @@
 Each comes back as a DICOM that pydicom reads, with the source's geometry, bit depth,
 photometric interpretation and, through the identity models, exactly the source's values in
 modality units. ``dciodvfy`` (Debian package dicom3tools) must find no error in the output that
-it did not already find in the input. ``.ci/run`` installs it and sets DENOISE_REQUIRE_DCIODVFY=1,
+it did not already find in the input. ``.ci/run`` installs it and sets CI_REQUIRE_DCIODVFY=1,
 so CI fails rather than skips when it is missing.
 """
 
@@ -172,7 +172,7 @@ def test_ct_round_trip_in_hounsfield_units_is_exact(identity_client: TestClient)
 # --- dciodvfy ---------------------------------------------------------------------------------
 
 DCIODVFY = shutil.which("dciodvfy")
-REQUIRE_DCIODVFY = os.environ.get("DENOISE_REQUIRE_DCIODVFY") == "1"
+REQUIRE_DCIODVFY = os.environ.get("CI_REQUIRE_DCIODVFY") == "1"
 # "(0x0008,0x1155) UI Referenced SOP Instance UID" -> "(element)": a bad value the source had
 # (say a malformed UID) is not a new error when the derived instance references it elsewhere.
 _ELEMENT = re.compile(r"\(0x[0-9a-fA-F]{4},0x[0-9a-fA-F]{4}\)[^<\[]*")
@@ -190,7 +190,7 @@ def dciodvfy() -> str:
     if DCIODVFY is None:
         message = "dciodvfy not found: apt-get install dicom3tools (CI installs it in .ci/run)"
         if REQUIRE_DCIODVFY:
-            pytest.fail(message + "; DENOISE_REQUIRE_DCIODVFY=1 forbids skipping")
+            pytest.fail(message + "; CI_REQUIRE_DCIODVFY=1 forbids skipping")
         pytest.skip(message)
     return DCIODVFY
 
