@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
@@ -30,8 +30,19 @@ def free_port() -> int:
 
 
 @contextmanager
-def uvicorn_server(models_dir: Path, log_path: Path, **settings: str) -> Iterator[str]:
-    """Yield the base URL of a uvicorn serving ``models_dir``; ``settings`` become DENOISE_* vars."""
+def uvicorn_server(
+    models_dir: Path,
+    log_path: Path,
+    *,
+    uvicorn_args: Sequence[str] = (),
+    started: Callable[[subprocess.Popen[bytes]], None] | None = None,
+    **settings: str,
+) -> Iterator[str]:
+    """Yield the base URL of a uvicorn serving ``models_dir``; ``settings`` become DENOISE_* vars.
+
+    ``uvicorn_args`` are added to uvicorn's command line; ``started`` is handed the process once
+    it answers (for tests that signal it or read its memory).
+    """
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("DENOISE_")}
     env.update(DENOISE_MODELS_DIR=str(models_dir), DENOISE_INTRA_OP_THREADS="1")
@@ -39,7 +50,8 @@ def uvicorn_server(models_dir: Path, log_path: Path, **settings: str) -> Iterato
     base_url = f"http://127.0.0.1:{port}"
     with log_path.open("w+") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)],
+            [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)]
+            + list(uvicorn_args),
             cwd=REPO,
             env=env,
             stdout=log,
@@ -47,6 +59,8 @@ def uvicorn_server(models_dir: Path, log_path: Path, **settings: str) -> Iterato
         )
         try:
             _wait_until_healthy(process, base_url, log)
+            if started is not None:
+                started(process)
             yield base_url
         finally:
             process.terminate()
