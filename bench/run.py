@@ -104,7 +104,8 @@ def parse_settings(pairs: list[str]) -> dict[str, str]:
 def direct_timings(model: LoadedModel, case: Case, counts: dict[int, int]) -> list[Timing]:
     array = model_input(model, case.units)
     session = bare_session(model)
-    timings = [time_direct(model, session, array, calls=max(counts[1], 3))]
+    # As many calls as concurrency 1 sends; a run without concurrency 1 still gets a baseline.
+    timings = [time_direct(model, session, array, calls=max(counts.get(1, min(counts.values())), 3))]
     if case.units.size <= 1024 * 1024:  # a batch of whole 2048 x 2048 images is not a service call
         calls = max(counts.get(4, 4) // BATCH_FOR_BASELINE, 3)
         timings.append(time_direct(model, session, array, calls=calls, batch=BATCH_FOR_BASELINE))
