@@ -82,3 +82,19 @@ class InvalidRequest(DenoiseError):
         super().__init__(detail)
         if code is not None:
             self.code = code
+
+
+class Unauthorized(DenoiseError):
+    """The service requires an API key, and the request carried none or one it does not know.
+
+    ``key_offered`` tells the two apart for the client (RFC 6750's ``invalid_token``) without
+    saying anything about the keys the service holds.
+    """
+
+    code = "api_key_required"
+
+    def __init__(self, detail: str, *, key_offered: bool) -> None:
+        super().__init__(detail)
+        self.key_offered = key_offered
+        if key_offered:
+            self.code = "api_key_invalid"

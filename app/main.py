@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 
 import anyio.to_thread
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from app.api import errors
+from app.api.cors import add_cors
 from app.api.middleware import RequestContextMiddleware, UploadLimitMiddleware
 from app.api.routes import denoise, health, models, oip, web
+from app.api.security import ApiKeyMiddleware, api_keys_from, route_dependencies
 from app.inference.registry import load_registry
+from app.metrics_server import MetricsServer
 from app.observability import Telemetry, configure_logging
 from app.pipeline import DenoisePipeline
 from app.settings import Settings
@@ -30,17 +33,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     configure_logging()
     settings = settings or Settings()
     telemetry = Telemetry()
+    api_keys = api_keys_from(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # Building sessions can take minutes with TensorRT: off the loop, before serving.
-        registry = await anyio.to_thread.run_sync(load_registry, settings)
-        telemetry.describe_registry(registry)
-        app.state.registry = registry
-        app.state.pipeline = DenoisePipeline(registry, settings, batch_observer=telemetry.observe_batch)
-        logger.info("serving %d model(s), %d not served", len(registry.models), len(registry.unserved))
-        yield
-        app.state.pipeline.close()  # finishes queued batches, stops the batcher threads
+        async with AsyncExitStack() as stack:
+            if settings.metrics_port is not None:
+                # Before the models: a port in use stops the start-up at once, not minutes later.
+                server = MetricsServer(telemetry.registry, settings.metrics_host, settings.metrics_port)
+                stack.push_async_callback(anyio.to_thread.run_sync, server.stop)
+            # Building sessions can take minutes with TensorRT: off the loop, before serving.
+            registry = await anyio.to_thread.run_sync(load_registry, settings)
+            telemetry.describe_registry(registry)
+            app.state.registry = registry
+            app.state.pipeline = DenoisePipeline(registry, settings, batch_observer=telemetry.observe_batch)
+            logger.info("serving %d model(s), %d not served", len(registry.models), len(registry.unserved))
+            yield
+            app.state.pipeline.close()  # finishes queued batches, stops the batcher threads
 
     app = FastAPI(
         title="Medical image denoising",
@@ -51,14 +60,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.telemetry = telemetry
     errors.install(app)
-    app.include_router(denoise.router)
-    app.include_router(models.router)
+    protected = route_dependencies(settings)  # the key schemes in /docs; ApiKeyMiddleware checks
+    app.include_router(denoise.router, dependencies=protected)
+    app.include_router(models.router, dependencies=protected)
     app.include_router(health.router)
-    app.include_router(oip.router)
+    if settings.metrics_port is None:
+        app.include_router(health.metrics_router)
+    app.include_router(oip.router, dependencies=protected)
     app.include_router(web.router)
     app.mount("/static", StaticFiles(directory=web.STATIC_DIR), name="static")
-    # Added last = outermost: the request id exists before anything else runs.
+    # Each added middleware wraps the ones before it. From the outside in: the request id exists
+    # before anything else runs; CORS answers preflights (which carry no key) and marks 401s too;
+    # the key is checked before the upload limit reads any of the body.
     app.add_middleware(UploadLimitMiddleware, max_bytes=settings.max_upload_bytes)
+    if api_keys is not None:
+        app.add_middleware(ApiKeyMiddleware, keys=api_keys)
+    add_cors(app, settings.cors_origins)
     app.add_middleware(RequestContextMiddleware, telemetry=telemetry)
     return app
 

@@ -2,16 +2,19 @@
 
 Bad values stop the service at start-up with a message naming the variable, instead of failing
 on the first request. Unknown ``DENOISE_*`` variables are refused too, so a typo is not ignored
-(pydantic-settings itself ignores environment variables it has no field for).
+(pydantic-settings itself ignores environment variables it has no field for), except the batch
+client's own variables (``CLIENT_VARIABLES``). Error messages never echo a value: one may be an API
+key.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ProviderName = Literal["tensorrt", "cuda", "cpu"]
@@ -22,9 +25,29 @@ PROVIDER_ORDER: tuple[ProviderName, ...] = ("tensorrt", "cuda", "cpu")
 # models/ beside the app/ package: the committed models in a source checkout.
 DEFAULT_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 
+# Read by the batch client (client/batch.py, README "Batch client"), not by the service. One shell
+# often runs both, so they must not stop the service as unknown settings. DENOISE_API_KEY is the
+# client's key; the service's keys are DENOISE_API_KEYS (the service warns when only the first is set).
+CLIENT_VARIABLES = frozenset({"DENOISE_URL", "DENOISE_API_KEY"})
+
+# RFC 6750's b64token characters, so a key travels unchanged in a Bearer header; 16 at least, so
+# it cannot be guessed in a few requests (`python -c "import secrets; print(secrets.token_urlsafe(32))"`).
+_API_KEY = re.compile(r"[A-Za-z0-9._~+/=-]{16,}")
+# What a browser sends as Origin: scheme://host[:port], no path and no trailing slash.
+_ORIGIN = re.compile(r"https?://[^/\s,]+")
+
+
+def _comma_list(value: object) -> object:
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return value
+
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="DENOISE_", extra="forbid", frozen=True)
+    # hide_input_in_errors: a refused setting is named, never echoed (it may sit beside an API key).
+    model_config = SettingsConfigDict(
+        env_prefix="DENOISE_", extra="forbid", frozen=True, hide_input_in_errors=True
+    )
 
     models_dir: Path = Field(
         default=DEFAULT_MODELS_DIR,
@@ -87,14 +110,44 @@ class Settings(BaseSettings):
     @field_validator("providers", mode="before")
     @classmethod
     def _split_providers(cls, value: object) -> object:
-        if isinstance(value, str):
-            return tuple(part.strip().lower() for part in value.split(",") if part.strip())
-        return value
+        value = _comma_list(value)
+        return tuple(str(part).lower() for part in value) if isinstance(value, tuple) else value
+
+    @field_validator("api_keys", "cors_origins", mode="before")
+    @classmethod
+    def _split_list(cls, value: object) -> object:
+        return _comma_list(value)
 
     @field_validator("providers")
     @classmethod
     def _check_providers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         if not value:
+    api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = Field(
+        default=(),
+        description="comma-separated API keys; when any is set, /v1 and /v2 need one (Authorization: "
+        "Bearer <key> or X-API-Key: <key>); none: the API is open",
+    )
+    api_keys_file: Path | None = Field(
+        default=None,
+        description="a file with one API key a line ('#' comments), e.g. a Docker or Kubernetes "
+        "secret; instead of api_keys",
+    )
+    cors_origins: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        description="comma-separated origins (https://viewer.example.org) whose pages may call the "
+        "API from a browser, or '*' for any; none: no CORS headers",
+    )
+    metrics_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="serve /metrics on this port instead of the main one (where it then answers 404)",
+    )
+    metrics_host: str = Field(
+        default="127.0.0.1",
+        min_length=1,
+        description="address the metrics port listens on; 0.0.0.0 in a container that Prometheus scrapes",
+    )
             raise ValueError("name at least one provider, or 'auto'")
         if "auto" in value and len(value) > 1:
             raise ValueError("'auto' cannot be combined with named providers")
@@ -115,7 +168,11 @@ class Settings(BaseSettings):
     def _check_unknown_variables(self) -> Settings:
         prefix = "DENOISE_"
         known = {prefix + name.upper() for name in type(self).model_fields}
-        unknown = sorted(k for k in os.environ if k.upper().startswith(prefix) and k.upper() not in known)
+        unknown = sorted(
+            k
+            for k in os.environ
+            if k.upper().startswith(prefix) and k.upper() not in known and k.upper() not in CLIENT_VARIABLES
+        )
         if unknown:
             raise ValueError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         return self
@@ -123,6 +180,51 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _check_tiles(self) -> Settings:
         if self.tile_overlap * 2 >= self.tile_size:
+    @field_validator("api_keys")
+    @classmethod
+    def _check_api_keys(cls, keys: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
+        values = [key.get_secret_value() for key in keys]
+        for number, value in enumerate(values, 1):
+            if not _API_KEY.fullmatch(value):
+                raise ValueError(
+                    f"API key number {number} is not at least 16 characters of A-Z a-z 0-9 . _ ~ + / = -"
+                )
+        if len(set(values)) != len(values):
+            raise ValueError("an API key is listed twice")
+        return keys
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _check_cors_origins(cls, origins: tuple[str, ...]) -> tuple[str, ...]:
+        if "*" in origins and len(origins) > 1:
+            raise ValueError("'*' (any origin) cannot be combined with named origins")
+        for origin in origins:
+            if origin != "*" and not _ORIGIN.fullmatch(origin):
+                raise ValueError(
+                    f"CORS origin {origin!r} is not scheme://host[:port] as a browser sends it "
+                    "(no path, no trailing slash)"
+                )
+        return origins
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_api_keys_file(cls, data: Any) -> Any:
+        # The file's keys become api_keys, so the rest of the service reads one field.
+        if not isinstance(data, dict) or not data.get("api_keys_file"):
+            return data
+        if data.get("api_keys"):
+            raise ValueError("set DENOISE_API_KEYS or DENOISE_API_KEYS_FILE, not both")
+        path = Path(data["api_keys_file"])
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as error:
+            reason = getattr(error, "strerror", None) or type(error).__name__
+            raise ValueError(f"api_keys_file {path} cannot be read ({reason})") from None
+        keys = tuple(line.strip() for line in lines if line.strip() and not line.strip().startswith("#"))
+        if not keys:
+            raise ValueError(f"api_keys_file {path} holds no key")
+        return {**data, "api_keys": keys}
+
             raise ValueError("tile_overlap must be less than half of tile_size")
         return self
 

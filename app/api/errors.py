@@ -27,6 +27,7 @@ from app.errors import (
     ModelUnavailable,
     ServiceBusy,
     UnknownModality,
+    Unauthorized,
     UnsupportedImage,
 )
 
@@ -35,6 +36,7 @@ logger = logging.getLogger(__name__)
 STATUS: dict[type[DenoiseError], int] = {
     InvalidImage: 400,
     ImageTooLarge: 413,
+    Unauthorized: 401,
     UnsupportedImage: 415,
     MissingPixelData: 422,
     UnknownModality: 422,
@@ -74,9 +76,17 @@ def _location(loc: tuple[object, ...]) -> str:
     parts = [str(p) for p in loc if p not in ("body", "query", "header", "path", "form")]
     return ".".join(parts) or "request"
 
+    if isinstance(error, Unauthorized):
+        challenge = 'Bearer error="invalid_token"' if error.key_offered else "Bearer"  # RFC 6750
+        response.headers["WWW-Authenticate"] = challenge
 
 async def _validation(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, RequestValidationError)
+async def domain_error_response(request: Request, error: DenoiseError) -> JSONResponse:
+    """The answer to a domain error raised outside the routes, by pure ASGI middleware."""
+    return await _domain(request, error)
+
+
     problems = []
     for item in error.errors():
         where = _location(tuple(item.get("loc", ())))

@@ -1,6 +1,8 @@
 // The web viewer: one file to /v1/denoise (JSON, with preview), both images on canvases with
 // window/level in the image's own units, the metrics, and the denoised file to download.
 // The server sends the preview as uint16 samples q over [low, high]: value = low + q * (high - low) / 65535.
+// A service with API keys answers 401: the page then asks for a key, keeps it in sessionStorage
+// (this tab only, gone when it closes) and sends it as X-API-Key.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -10,15 +12,42 @@ const PRESETS = {
   ct: [["soft tissue", 40, 400], ["lung", -600, 1500], ["bone", 400, 1800], ["brain", 40, 80]],
 };
 
+const KEY_STORAGE = "denoise-api-key";
+
 function showError(message) {
   $("error").textContent = message;
   $("error").hidden = !message;
 }
 
+function apiHeaders(headers = {}) {
+  const key = sessionStorage.getItem(KEY_STORAGE);
+  return key ? { ...headers, "X-API-Key": key } : headers;
+}
+
+function askForKey(body) {
+  $("api-key-form").hidden = false;
+  showError(`401 ${body.error}: ${body.detail}`);
+  $("api-key").focus();
+}
+
+function useKey(event) {
+  event.preventDefault();
+  sessionStorage.setItem(KEY_STORAGE, $("api-key").value.trim());
+  $("api-key").value = "";
+  showError("");
+  loadModels().then(denoise);
+}
+
 async function loadModels() {
   try {
-    const response = await fetch("/v1/models");
+    const response = await fetch("/v1/models", { headers: apiHeaders() });
     const body = await response.json();
+    if (response.status === 401) {
+      $("server-status").textContent = "API key needed";
+      askForKey(body);
+      return;
+    }
+    $("api-key-form").hidden = true;
     state.models = body.models || [];
     const ready = state.models.length;
     $("server-status").textContent = ready ? `${ready} model(s) on ${[...new Set(state.models.map((m) => m.execution_provider))].join(", ")}` : "no model loaded";
@@ -154,8 +183,12 @@ async function denoise() {
   $("denoise-button").textContent = "Denoising…";
   $("denoised-canvas").dataset.rendered = "false";
   try {
-    const response = await fetch("/v1/denoise", { method: "POST", body: form, headers: { Accept: "application/json" } });
+    const response = await fetch("/v1/denoise", { method: "POST", body: form, headers: apiHeaders({ Accept: "application/json" }) });
     const body = await response.json();
+    if (response.status === 401) {
+      askForKey(body);
+      return;
+    }
     if (!response.ok) {
       showError(`${response.status} ${body.error}: ${body.detail}`);
       return;
@@ -205,6 +238,7 @@ function wire() {
   $("file-input").addEventListener("change", (event) => chooseFile(event.target.files[0]));
   $("modality").addEventListener("change", fillModels);
   $("denoise-button").addEventListener("click", denoise);
+  $("api-key-form").addEventListener("submit", useKey);
   $("view-mode").addEventListener("change", (event) => { $("views").className = `views mode-${event.target.value}`; });
   $("slider").addEventListener("input", render);
   $("window-center").addEventListener("change", () => setWindow(parseFloat($("window-center").value), state.width));

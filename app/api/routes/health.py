@@ -1,4 +1,8 @@
-"""Liveness, readiness and the Prometheus scrape endpoint."""
+"""Liveness, readiness and the Prometheus scrape endpoint.
+
+``/metrics`` has a router of its own: the app leaves it out when DENOISE_METRICS_PORT serves the
+metrics on another port, so the API's port then answers 404 there.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from app.api.routes.models import unserved_info
 from app.api.schemas import ErrorResponse, ReadyResponse
 
 router = APIRouter(tags=["health"])
+metrics_router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz", summary="Liveness: the process answers")
@@ -42,6 +47,6 @@ async def readyz(registry: RegistryDep) -> ReadyResponse | JSONResponse:
     return ReadyResponse(status="ready", models=len(registry.models), unserved=unserved)
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+@metrics_router.get("/metrics", summary="Prometheus metrics", response_class=Response)
 async def metrics(telemetry: TelemetryDep) -> Response:
     return Response(generate_latest(telemetry.registry), media_type=CONTENT_TYPE_LATEST)
