@@ -106,22 +106,6 @@ class Settings(BaseSettings):
         le=100_000,
         description="tiles waiting per model; a request that does not fit is answered 503 with Retry-After",
     )
-
-    @field_validator("providers", mode="before")
-    @classmethod
-    def _split_providers(cls, value: object) -> object:
-        value = _comma_list(value)
-        return tuple(str(part).lower() for part in value) if isinstance(value, tuple) else value
-
-    @field_validator("api_keys", "cors_origins", mode="before")
-    @classmethod
-    def _split_list(cls, value: object) -> object:
-        return _comma_list(value)
-
-    @field_validator("providers")
-    @classmethod
-    def _check_providers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        if not value:
     api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = Field(
         default=(),
         description="comma-separated API keys; when any is set, /v1 and /v2 need one (Authorization: "
@@ -148,6 +132,22 @@ class Settings(BaseSettings):
         min_length=1,
         description="address the metrics port listens on; 0.0.0.0 in a container that Prometheus scrapes",
     )
+
+    @field_validator("providers", mode="before")
+    @classmethod
+    def _split_providers(cls, value: object) -> object:
+        value = _comma_list(value)
+        return tuple(str(part).lower() for part in value) if isinstance(value, tuple) else value
+
+    @field_validator("api_keys", "cors_origins", mode="before")
+    @classmethod
+    def _split_list(cls, value: object) -> object:
+        return _comma_list(value)
+
+    @field_validator("providers")
+    @classmethod
+    def _check_providers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
             raise ValueError("name at least one provider, or 'auto'")
         if "auto" in value and len(value) > 1:
             raise ValueError("'auto' cannot be combined with named providers")
@@ -164,22 +164,6 @@ class Settings(BaseSettings):
             raise ValueError(f"models_dir {value} is not a folder")
         return value.resolve()
 
-    @model_validator(mode="after")
-    def _check_unknown_variables(self) -> Settings:
-        prefix = "DENOISE_"
-        known = {prefix + name.upper() for name in type(self).model_fields}
-        unknown = sorted(
-            k
-            for k in os.environ
-            if k.upper().startswith(prefix) and k.upper() not in known and k.upper() not in CLIENT_VARIABLES
-        )
-        if unknown:
-            raise ValueError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return self
-
-    @model_validator(mode="after")
-    def _check_tiles(self) -> Settings:
-        if self.tile_overlap * 2 >= self.tile_size:
     @field_validator("api_keys")
     @classmethod
     def _check_api_keys(cls, keys: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
@@ -225,6 +209,22 @@ class Settings(BaseSettings):
             raise ValueError(f"api_keys_file {path} holds no key")
         return {**data, "api_keys": keys}
 
+    @model_validator(mode="after")
+    def _check_unknown_variables(self) -> Settings:
+        prefix = "DENOISE_"
+        known = {prefix + name.upper() for name in type(self).model_fields}
+        unknown = sorted(
+            k
+            for k in os.environ
+            if k.upper().startswith(prefix) and k.upper() not in known and k.upper() not in CLIENT_VARIABLES
+        )
+        if unknown:
+            raise ValueError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return self
+
+    @model_validator(mode="after")
+    def _check_tiles(self) -> Settings:
+        if self.tile_overlap * 2 >= self.tile_size:
             raise ValueError("tile_overlap must be less than half of tile_size")
         return self
 

@@ -26,8 +26,8 @@ from app.errors import (
     ModelNotFound,
     ModelUnavailable,
     ServiceBusy,
-    UnknownModality,
     Unauthorized,
+    UnknownModality,
     UnsupportedImage,
 )
 
@@ -35,8 +35,8 @@ logger = logging.getLogger(__name__)
 
 STATUS: dict[type[DenoiseError], int] = {
     InvalidImage: 400,
-    ImageTooLarge: 413,
     Unauthorized: 401,
+    ImageTooLarge: 413,
     UnsupportedImage: 415,
     MissingPixelData: 422,
     UnknownModality: 422,
@@ -68,7 +68,15 @@ async def _domain(request: Request, error: Exception) -> JSONResponse:
     response = error_response(request, status, error.code, error.detail)
     if isinstance(error, ServiceBusy):
         response.headers["Retry-After"] = str(error.retry_after_s)
+    if isinstance(error, Unauthorized):
+        challenge = 'Bearer error="invalid_token"' if error.key_offered else "Bearer"  # RFC 6750
+        response.headers["WWW-Authenticate"] = challenge
     return response
+
+
+async def domain_error_response(request: Request, error: DenoiseError) -> JSONResponse:
+    """The answer to a domain error raised outside the routes, by pure ASGI middleware."""
+    return await _domain(request, error)
 
 
 def _location(loc: tuple[object, ...]) -> str:
@@ -76,17 +84,9 @@ def _location(loc: tuple[object, ...]) -> str:
     parts = [str(p) for p in loc if p not in ("body", "query", "header", "path", "form")]
     return ".".join(parts) or "request"
 
-    if isinstance(error, Unauthorized):
-        challenge = 'Bearer error="invalid_token"' if error.key_offered else "Bearer"  # RFC 6750
-        response.headers["WWW-Authenticate"] = challenge
 
 async def _validation(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, RequestValidationError)
-async def domain_error_response(request: Request, error: DenoiseError) -> JSONResponse:
-    """The answer to a domain error raised outside the routes, by pure ASGI middleware."""
-    return await _domain(request, error)
-
-
     problems = []
     for item in error.errors():
         where = _location(tuple(item.get("loc", ())))
