@@ -41,15 +41,15 @@ from tests.uvicorn_server import ServerFailed, uvicorn_server
 
 # Every marker but the date holds "zqxv", which no log line otherwise can (request ids are hex).
 MARKERS = {
-    "PatientName": "Zqxv^Pmarker",
+    "PatientName": "Zqxv^Pqmarker",
     "PatientID": "ZQXV-ID-4417",
     "PatientBirthDate": "18610923",
     "AccessionNumber": "ZQXVACC5529",
     "InstitutionName": "Zqxv Institution Marker",
-    "ReferringPhysicianName": "Zqxv^Referrer^Marker",
+    "ReferringPhysicianName": "Zqxv^Rqreferrer",
     "StudyDescription": "Zqxv study marker",
 }
-UPLOAD_NAME = "Zqxv^Pmarker 18610923.dcm"
+UPLOAD_NAME = "Zqxv^Pqmarker 18610923.dcm"
 KEY = "Zqxv-api-key-000000000001"
 WRONG_KEY = "Zqxv-wrong-key-0000000002"
 
@@ -125,7 +125,7 @@ CASES = [
     Case("a modality no model serves", marked_dicom(Modality="ZQXV"), 422, json=True),
     Case("no pixel data", marked_dicom(PixelData=None), 422),
     Case("malformed elements", MALFORMED, 200, json=True),
-    Case("not an image at all", b"Zqxv^Pmarker " + VALID[200:400], 400, {"modality": "ct"}),
+    Case("not an image at all", b"Zqxv^Pqmarker " + VALID[200:400], 400, {"modality": "ct"}),
     Case("a PNG without modality", png_bytes(np.full((16, 16), 7, np.uint16)), 422),
 ]
 
