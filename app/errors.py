@@ -73,6 +73,13 @@ class ServiceBusy(DenoiseError):
         self.retry_after_s = retry_after_s
 
 
+class InferenceFailed(DenoiseError):
+    """The model itself failed while running on this request's input (the service's fault, not
+    the client's): only the requests whose tiles fail are answered with it."""
+
+    code = "inference_failed"
+
+
 class InvalidRequest(DenoiseError):
     """A request field is missing, inconsistent with the image, or not supported by the model."""
 

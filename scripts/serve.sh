@@ -8,4 +8,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/_venv.sh
 ensure_venv "${EXTRAS:-cpu}"
-exec .venv/bin/python -m uvicorn app.main:app --host "${HOST:-0.0.0.0}" --port "${PORT:-8000}"
+# exec: uvicorn itself gets SIGTERM / Ctrl+C and shuts down gracefully (as in the Dockerfile).
+exec .venv/bin/python -m uvicorn app.main:app --host "${HOST:-0.0.0.0}" --port "${PORT:-8000}" \
+    --timeout-graceful-shutdown 25

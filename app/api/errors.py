@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from app.errors import (
     DenoiseError,
     ImageTooLarge,
+    InferenceFailed,
     InvalidImage,
     InvalidRequest,
     MissingPixelData,
@@ -45,6 +46,7 @@ STATUS: dict[type[DenoiseError], int] = {
     InvalidRequest: 422,
     ModelUnavailable: 503,
     ServiceBusy: 503,
+    InferenceFailed: 500,
 }
 
 
@@ -64,8 +66,14 @@ def error_response(request: Request | None, status: int, code: str, detail: str)
 async def _domain(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, DenoiseError)
     status = status_of(error)
-    logger.info("request refused: %s (%d)", error.code, status)
-    response = error_response(request, status, error.code, error.detail)
+    detail = error.detail
+    if status == 500:
+        # The service's own failure: logged as one, and the id is in the body for the report.
+        logger.error("request failed: %s (%d)", error.code, status)
+        detail = f"{detail} Request id: {getattr(request.state, 'request_id', '-')}."
+    else:
+        logger.info("request refused: %s (%d)", error.code, status)
+    response = error_response(request, status, error.code, detail)
     if isinstance(error, ServiceBusy):
         response.headers["Retry-After"] = str(error.retry_after_s)
     if isinstance(error, Unauthorized):

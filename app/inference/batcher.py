@@ -12,7 +12,9 @@ nobody preparing, the collector runs what is queued at once, so a lone request a
 delay. Under load, requests queue while the previous batch runs and are taken together without
 waiting at all.
 
-A batch that fails fails every caller in it with the same exception. The queue is bounded in
+A batch that fails is run again one submission at a time, so a request whose tile makes the model
+fail (an input the graph cannot take) does not fail the innocent requests that shared its batch;
+each submission that fails on its own gets its own exception. The queue is bounded in
 tiles: a submission that does not fit raises ``ServiceBusy`` (503 with Retry-After) instead of
 letting latency grow without end. Model runs of all batchers share one semaphore, because each
 ONNX Runtime session already uses every core it is given.
@@ -53,7 +55,9 @@ class Ticket:
     closed: bool = False
 
 
-@dataclass
+# eq=False: the queue removes items by identity. The generated __eq__ would compare the numpy
+# inputs, which raises for an item of another tile shape queued ahead and killed the collector.
+@dataclass(eq=False)
 class _Item:
     inputs: np.ndarray
     enqueued: float
@@ -230,9 +234,20 @@ class MicroBatcher:
             outputs = self._run(inputs)
             if outputs.shape[0] != inputs.shape[0]:
                 raise ValueError(f"model returned {outputs.shape[0]} outputs for {inputs.shape[0]} inputs")
-        except Exception as error:  # every caller of a failed batch gets the same error
+        except Exception as error:  # the model's failure goes to its callers, never up here
+            if len(batch) == 1:
+                batch[0].future.set_exception(error)
+                return
+            # One submission's input may be what failed: only the ones that fail alone fail.
+            logger.warning(
+                "batch of %d tiles from %d submissions for model %s failed (%s); running each alone",
+                inputs.shape[0],
+                len(batch),
+                self.name,
+                type(error).__name__,
+            )
             for item in batch:
-                item.future.set_exception(error)
+                self._run_batch([item])
             return
         seconds = time.perf_counter() - started
         tiles = int(inputs.shape[0])

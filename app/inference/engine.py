@@ -12,17 +12,21 @@ wait for their batch is its ``queue`` phase; the rest of the model call is ``inf
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from app.errors import InferenceFailed
 from app.imaging.intensity import from_unit_range, to_unit_range, window_for
 from app.inference.batcher import BatchObserver, MicroBatcher, Ticket
 from app.inference.registry import LoadedModel
 from app.inference.tiling import TilePlan, run_tiled
 from app.settings import Settings
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -68,9 +72,21 @@ class Denoiser:
         )
 
     def run_model(self, batch: np.ndarray) -> np.ndarray:
-        """One ONNX Runtime call on a float32 batch (N, 1, h, w), bypassing the batcher."""
+        """One ONNX Runtime call on a float32 batch (N, 1, h, w), bypassing the batcher.
+
+        Raises ``InferenceFailed`` (500 ``inference_failed``) when ONNX Runtime fails on it.
+        """
         card = self.model.card
-        (output,) = self.model.session.run([card.output.name], {card.input.name: batch})
+        try:
+            (output,) = self.model.session.run([card.output.name], {card.input.name: batch})
+        except Exception as error:  # ORT raises its own types; their text may quote internals
+            kind = type(error).__name__
+            logger.error("model %s failed on a batch of shape %s (%s)", card.id, batch.shape, kind)
+            raise InferenceFailed(
+                f"Model '{card.id}' failed while running on this image ({kind}), so it was not "
+                "denoised. Other requests are not affected, but this image is likely to fail "
+                "again; please report it with the request id."
+            ) from error
         return np.asarray(output, dtype=np.float32)
 
     def denoise(self, frames: np.ndarray, timer: PhaseTimer, ticket: Ticket | None = None) -> np.ndarray:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TypeVar
 
 import anyio
 import numpy as np
@@ -19,6 +20,7 @@ from app.inference.registry import load_registry
 from app.pipeline import DenoisePipeline
 from app.settings import Settings
 
+T = TypeVar("T")
 LONG_DELAY_S = 5.0  # a batch window no test may ever sit out
 
 
@@ -42,7 +44,7 @@ class GatedModel:
 def make_batcher() -> Iterator[Callable[..., MicroBatcher]]:
     made: list[MicroBatcher] = []
 
-    def make(run: Callable[[np.ndarray], np.ndarray], **options: float) -> MicroBatcher:
+    def make(run: Callable[[np.ndarray], np.ndarray], **options: object) -> MicroBatcher:
         settings = {"max_batch": 8, "max_delay_s": LONG_DELAY_S, "max_queue": 64, **options}
         batcher = MicroBatcher("test", run, **settings)  # type: ignore[arg-type]
         made.append(batcher)
@@ -129,6 +131,38 @@ def test_batches_never_mix_tile_shapes_or_exceed_the_maximum(
     assert [o.shape for o in outputs] == [(1, 1, 8, 8), *[(2, 1, 8, 8)] * 3, (1, 1, 16, 16)]
 
 
+def in_daemon_thread(function: Callable[..., T], *args: object) -> Future[T]:
+    future: Future[T] = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(function(*args))
+        except BaseException as error:  # handed to whoever reads the future
+            future.set_exception(error)
+
+    threading.Thread(target=run, daemon=True).start()
+    return future
+
+
+def test_a_tile_shape_queued_between_two_others_is_skipped_not_compared(
+    make_batcher: Callable[..., MicroBatcher],
+) -> None:
+    model = GatedModel()
+    batcher = make_batcher(model, max_delay_s=0)
+    model.gate.clear()
+    first = in_daemon_thread(batcher.submit, tiles(0))  # a dead collector must not hang the test
+    assert model.entered.wait(10)
+    queued: list[Future[tuple[np.ndarray, float]]] = []
+    for value, size in ((1, 8), (2, 16), (3, 8)):  # the 8 x 8 tiles go together, past the 16 x 16
+        queued.append(in_daemon_thread(batcher.submit, tiles(value, size=size)))
+        wait_for(lambda: batcher.queued_tiles == len(queued))
+    model.gate.set()
+    outputs = [f.result(10)[0] for f in (first, *queued)]
+    assert model.sizes == [1, 2, 1]
+    for value, size, output in zip((0, 1, 2, 3), (8, 8, 16, 8), outputs, strict=True):
+        np.testing.assert_array_equal(output, tiles(2 * value, size=size))
+
+
 def test_a_full_queue_is_refused_with_a_retry_time(make_batcher: Callable[..., MicroBatcher]) -> None:
     model = GatedModel()
     batcher = make_batcher(model, max_queue=2, max_delay_s=0)
@@ -148,7 +182,7 @@ def test_a_full_queue_is_refused_with_a_retry_time(make_batcher: Callable[..., M
     batcher.check_capacity()  # drained: room again
 
 
-def test_a_failed_batch_fails_every_caller_with_the_same_error(
+def test_a_failed_batch_fails_every_caller_that_fails_alone(
     make_batcher: Callable[..., MicroBatcher],
 ) -> None:
     model = GatedModel()
@@ -172,7 +206,46 @@ def test_a_failed_batch_fails_every_caller_with_the_same_error(
         model.gate.set()
         first.result(10)
         errors = [f.exception(10) for f in doomed]
-    assert calls == 2 and all(e is failure for e in errors)
+    assert calls == 1 + 1 + 3  # the batch of three, then each of them alone
+    assert all(e is failure for e in errors)
+
+
+class PoisonedModel(GatedModel):
+    """Doubles its input, but fails a whole call when any tile in it is negative (a bad input)."""
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        output = super().__call__(batch)
+        if (batch < 0).any():
+            raise RuntimeError("the model cannot take this input")
+        return output
+
+
+def test_a_bad_tile_fails_only_its_own_request_not_its_batch_neighbours(
+    make_batcher: Callable[..., MicroBatcher],
+) -> None:
+    model = PoisonedModel()
+    observed: list[int] = []
+    batcher = make_batcher(
+        model, max_delay_s=0, observer=lambda name, count, queued, seconds: observed.append(count)
+    )
+    model.gate.clear()
+    with ThreadPoolExecutor(4) as pool:
+        first = pool.submit(batcher.submit, tiles(0))
+        assert model.entered.wait(10)
+        good = [pool.submit(batcher.submit, tiles(v, count=2)) for v in (1, 2)]
+        wait_for(lambda: batcher.queued_tiles == 4)
+        bad = pool.submit(batcher.submit, tiles(-1))
+        wait_for(lambda: batcher.queued_tiles == 5)
+        model.gate.set()
+        first.result(10)
+        outputs = [f.result(10)[0] for f in good]
+        error = bad.exception(10)
+    assert model.sizes == [1, 5, 2, 2, 1]  # the shared call failed; each ran again alone
+    for value, output in zip((1, 2), outputs, strict=True):
+        np.testing.assert_array_equal(output, tiles(2 * value, count=2))
+    assert isinstance(error, RuntimeError)
+    assert observed == [1, 2, 2]  # successful calls only
+    np.testing.assert_array_equal(batcher.submit(tiles(4))[0], tiles(8))  # still serving
 
 
 def test_the_batcher_keeps_serving_after_a_failure(make_batcher: Callable[..., MicroBatcher]) -> None:
