@@ -25,10 +25,12 @@ PROVIDER_ORDER: tuple[ProviderName, ...] = ("tensorrt", "cuda", "cpu")
 # models/ beside the app/ package: the committed models in a source checkout.
 DEFAULT_MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 
-# Read by the batch client (client/batch.py, README "Batch client"), not by the service. One shell
-# often runs both, so they must not stop the service as unknown settings. DENOISE_API_KEY is the
-# client's key; the service's keys are DENOISE_API_KEYS (the service warns when only the first is set).
-CLIENT_VARIABLES = frozenset({"DENOISE_URL", "DENOISE_API_KEY"})
+# Read by the project's other tools, not by the service: the batch client (client/batch.py, README
+# "Batch client"), the training data cache (training/data) and the browser test's screenshot. One
+# shell often runs several, so they must not stop the service as unknown settings. DENOISE_API_KEY
+# is the client's key; the service's keys are DENOISE_API_KEYS (the service warns when only the
+# first is set).
+CLIENT_VARIABLES = frozenset({"DENOISE_URL", "DENOISE_API_KEY", "DENOISE_DATA_CACHE", "DENOISE_SCREENSHOT"})
 
 # RFC 6750's b64token characters, so a key travels unchanged in a Bearer header; 16 at least, so
 # it cannot be guessed in a few requests (`python -c "import secrets; print(secrets.token_urlsafe(32))"`).
@@ -65,6 +67,12 @@ class Settings(BaseSettings):
         description="ONNX Runtime's intra-op threads spin while waiting for work: lower latency "
         "for back-to-back calls, but the spinning takes CPU from decoding and encoding",
     )
+    ort_spin_stop_after_run: bool = Field(
+        default=True,
+        description="stop the spinning threads as soon as a model call returns (ONNX Runtime's "
+        "session.force_spinning_stop): spinning inside a call, the cores free for decoding "
+        "and encoding between calls",
+    )
     ort_memory_arena: bool = Field(
         default=True, description="ONNX Runtime's CPU memory arena (reuses buffers between calls)"
     )
@@ -77,7 +85,13 @@ class Settings(BaseSettings):
     )
     max_upload_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
     max_pixels: int = Field(default=100_000_000, ge=1, description="pixels per request, all frames together")
-    tile_size: int = Field(default=512, ge=64, le=8192)
+    tile_size: int = Field(
+        default=1088,
+        ge=64,
+        le=8192,
+        description="longest tile side; 1088 takes a 2048-pixel radiograph in 2 x 2 tiles (measured "
+        "twice as fast as 512-pixel tiles on the CPU, docs/BENCHMARKS.md)",
+    )
     tile_overlap: int = Field(
         default=32,
         ge=0,

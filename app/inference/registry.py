@@ -142,6 +142,7 @@ def session_options(settings: Settings) -> ort.SessionOptions:
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.enable_cpu_mem_arena = settings.ort_memory_arena
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if settings.ort_spinning else "0")
+    options.add_session_config_entry("session.force_spinning_stop", "1" if settings.ort_spin_stop_after_run else "0")
     options.log_severity_level = 3  # ORT's own warnings would repeat what we log below
     return options
 

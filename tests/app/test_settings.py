@@ -11,7 +11,7 @@ from app.settings import Settings
 def test_defaults_serve_the_repository_models_folder() -> None:
     settings = Settings()
     assert settings.models_dir == (Path(__file__).resolve().parents[2] / "models")
-    assert settings.requested_providers() is None and settings.tile_size == 512
+    assert settings.requested_providers() is None and settings.tile_size == 1088
 
 
 def test_providers_from_a_comma_list_in_priority_order(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -25,7 +25,7 @@ def test_providers_from_a_comma_list_in_priority_order(monkeypatch: pytest.Monke
         ("DENOISE_PROVIDERS", "gpu"),
         ("DENOISE_PROVIDERS", "auto,cpu"),
         ("DENOISE_TILE_SIZE", "10"),
-        ("DENOISE_TILE_OVERLAP", "400"),
+        ("DENOISE_TILE_OVERLAP", "600"),
         ("DENOISE_MODELS_DIR", __file__),  # a file, not a folder
         ("DENOISE_MAX_PIXELS", "0"),
         ("DENOISE_TILE_SIZ", "512"),  # a typo is refused, not ignored

@@ -96,3 +96,9 @@ def test_session_options_follow_the_settings(models_dir: Path) -> None:
     assert options.intra_op_num_threads == 3 and not options.enable_cpu_mem_arena
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # By default the threads spin inside a call and stop when it returns (docs/BENCHMARKS.md).
+    default = session_options(Settings(models_dir=models_dir))
+    assert default.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    assert default.get_session_config_entry("session.force_spinning_stop") == "1"
+    kept = session_options(Settings(models_dir=models_dir, ort_spin_stop_after_run=False))
+    assert kept.get_session_config_entry("session.force_spinning_stop") == "0"

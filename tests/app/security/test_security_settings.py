@@ -78,6 +78,9 @@ def test_the_batch_clients_variables_do_not_stop_the_service(
 ) -> None:
     monkeypatch.setenv("DENOISE_URL", "http://gpu-node:8000")
     monkeypatch.setenv("DENOISE_API_KEY", KEY)
+    # The training cache and the browser test's screenshot: other tools of this project.
+    monkeypatch.setenv("DENOISE_DATA_CACHE", "/tmp/denoise-cache")
+    monkeypatch.setenv("DENOISE_SCREENSHOT", "/tmp/viewer.png")
     settings = Settings()
     assert settings.api_keys == ()  # the client's key does not protect the service
     app_logger = logging.getLogger("app")  # does not propagate to the root, where caplog listens
