@@ -48,6 +48,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.registry = registry
             app.state.pipeline = DenoisePipeline(registry, settings, batch_observer=telemetry.observe_batch)
             logger.info("serving %d model(s), %d not served", len(registry.models), len(registry.unserved))
+            if not registry.models:
+                logger.warning("!!! no model is served; /readyz and /v1/models say why !!!")
             yield
             app.state.pipeline.close()  # finishes queued batches, stops the batcher threads
 

@@ -161,6 +161,7 @@ def test_an_empty_models_folder_starts_the_service_not_ready_with_the_reason(tmp
     assert f"no model found under {empty.resolve()}" in ready.json()["detail"]
     assert denoise.status_code == 503 and denoise.json()["error"] == "model_unavailable"
     assert "serving 0 model(s), 0 not served" in log.read_text()
+    assert any("WARNING" in line and "no model is served" in line for line in log.read_text().splitlines())
 
 
 @pytest.mark.skipif(

@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import yaml
 
 from tests.deploy.test_deploy import dockerfile_stages
 from tests.files import png_bytes
@@ -71,6 +72,10 @@ def test_serve_sh_and_the_dockerfile_let_sigterm_reach_uvicorn_with_a_grace_peri
     script = serve_sh_command()
     assert script[0] == "exec" and script[1:4] == [".venv/bin/python", "-m", "uvicorn"], script
     assert int(option(docker, GRACEFUL)) == int(option(script, GRACEFUL)) > 0
+    # docker compose stop waits stop_grace_period before its kill: longer than uvicorn's window.
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]["denoise"]
+    grace = compose["stop_grace_period"]
+    assert grace.endswith("s") and int(grace[:-1]) > int(option(docker, GRACEFUL)), grace
 
 
 def refused_within(base_url: str, timeout_s: float) -> bool:
