@@ -47,6 +47,8 @@ def test_compose_reserves_a_gpu_and_wires_prometheus_and_grafana() -> None:
     (device,) = denoise["deploy"]["resources"]["reservations"]["devices"]
     assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
     assert "./models:/models:ro" in denoise["volumes"]
+    # Spooled uploads (patient images) stay in memory; nothing else is written.
+    assert denoise["read_only"] is True and any(t.split(":")[0] == "/tmp" for t in denoise["tmpfs"])
     for service in ("prometheus", "grafana"):
         for volume in services[service]["volumes"]:
             source = volume.split(":")[0]
