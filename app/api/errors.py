@@ -107,6 +107,14 @@ async def _validation(request: Request, error: Exception) -> JSONResponse:
 async def _http(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, StarletteHTTPException)
     known = {
+        # Starlette's form parser refuses a body it cannot split into fields (its message names
+        # limits and internals, so it is not passed on).
+        400: (
+            "invalid_form",
+            "The request body could not be read as multipart/form-data (malformed, a part header "
+            "over 4 KB such as a very long file name, a field over 1 MB, or over 1000 fields); send "
+            "a standard form.",
+        ),
         404: ("not_found", "There is no such endpoint; see /docs for the API."),
         405: ("method_not_allowed", "This endpoint does not take that method; see /docs for the API."),
     }

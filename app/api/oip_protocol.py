@@ -211,9 +211,11 @@ def encode_infer_response(
         try:
             body = json.dumps(response, allow_nan=False).encode()
         except ValueError as error:  # JSON has no NaN; the binary form carries any float
+            # The client's input did it (values far outside the model's [0, 1] range): a 4xx.
             raise OipError(
-                "The output holds NaN or infinite values, which JSON cannot carry; ask for binary output.",
-                500,
+                "The output holds NaN or infinite values, which JSON cannot carry; send inputs in "
+                "the model's [0, 1] range, or ask for binary output.",
+                422,
                 "non_finite_output",
             ) from error
         return body, {"content-type": "application/json"}

@@ -25,6 +25,19 @@ class ErrorResponse(BaseModel):
     detail: str = Field(description="what was wrong and how to fix it")
 
 
+# FastAPI documents its own {"detail": [...]} body for 422; this service answers a field it
+# cannot read with ErrorResponse (invalid_request), so routes with parameters say so.
+VALIDATION_ERROR: dict[int | str, dict[str, Any]] = {
+    422: {"model": ErrorResponse, "description": "a request field that cannot be read (invalid_request)"}
+}
+RETRY_AFTER = {
+    "Retry-After": {
+        "description": "with service_busy: seconds to wait before retrying",
+        "schema": {"type": "integer"},
+    }
+}
+
+
 class DenoiseJSONResponse(BaseModel):
     image_base64: str = Field(description="the denoised image, in the input's format and bit depth")
     media_type: str = Field(description="image/png or application/dicom")
@@ -76,3 +89,118 @@ class ReadyResponse(BaseModel):
     status: str
     models: int
     unserved: list[UnservedInfo]
+
+
+class NotReadyResponse(ErrorResponse):
+    unserved: list[UnservedInfo] = Field(description="models found but not served, with the reason")
+
+
+# --- The Open Inference Protocol (KServe v2), as app/api/routes/oip.py speaks it ---------------
+
+
+class OipErrorResponse(BaseModel):
+    error: str = Field(description="what was wrong, as the protocol's error message")
+
+
+class ServerMetadataResponse(BaseModel):
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class LiveResponse(BaseModel):
+    live: bool
+
+
+class ServerReadyResponse(BaseModel):
+    ready: bool
+
+
+class TensorMetadata(BaseModel):
+    name: str
+    datatype: str = Field(examples=["FP32"])
+    shape: list[int] = Field(description="-1 for a dimension of any size", examples=[[-1, 1, -1, -1]])
+
+
+class ModelMetadataResponse(BaseModel):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorMetadata]
+    outputs: list[TensorMetadata]
+
+
+class ModelReadyResponse(BaseModel):
+    name: str
+    ready: bool
+
+
+class InferOutput(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+    data: list[float] | None = Field(default=None, description="row-major values (JSON output)")
+    parameters: dict[str, Any] | None = Field(
+        default=None, description="binary_data_size: bytes of this tensor after the JSON (binary output)"
+    )
+
+
+class InferResponse(BaseModel):
+    model_name: str
+    model_version: str
+    id: str | None = Field(default=None, description="the request's id, when it sent one")
+    outputs: list[InferOutput]
+
+
+_TENSOR_PARAMETERS = {"type": "object", "properties": {"binary_data_size": {"type": "integer", "minimum": 0}}}
+INFER_REQUEST_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["inputs"],
+    "properties": {
+        "id": {"type": "string"},
+        "parameters": {"type": "object", "properties": {"binary_data_output": {"type": "boolean"}}},
+        "inputs": {
+            "type": "array",
+            "minItems": 1,
+            "maxItems": 1,
+            "items": {
+                "type": "object",
+                "required": ["name", "shape", "datatype"],
+                "properties": {
+                    "name": {"type": "string", "description": "the model's input, e.g. noisy"},
+                    "shape": {
+                        "type": "array",
+                        "items": {"type": "integer"},
+                        "minItems": 4,
+                        "maxItems": 4,
+                        "description": "[N, 1, H, W]",
+                    },
+                    "datatype": {"type": "string", "enum": ["FP32"]},
+                    "data": {"type": "array", "items": {"type": "number"}, "description": "row-major"},
+                    "parameters": _TENSOR_PARAMETERS,
+                },
+            },
+        },
+        "outputs": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["name"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "parameters": {"type": "object", "properties": {"binary_data": {"type": "boolean"}}},
+                },
+            },
+        },
+    },
+}
+INFER_REQUEST_EXAMPLES: dict[str, Any] = {
+    "json": {
+        "summary": "one 8 x 8 image as JSON, the output as JSON",
+        "value": {
+            "id": "example-1",
+            "inputs": [{"name": "noisy", "datatype": "FP32", "shape": [1, 1, 8, 8], "data": [0.5] * 64}],
+            "outputs": [{"name": "denoised"}],
+        },
+    }
+}

@@ -1,6 +1,9 @@
 """DICOM in and out: grayscale images to physical units and back, as a derived instance.
 
 Reading (PS3.3 C.7.6.3 Image Pixel module, C.11.1 Modality LUT):
+* before anything is decoded, ``dicom_checks`` holds the header to the data (bounded inflation,
+  readable values, pixel data length, each compressed frame's declared size, finite LUT), so a
+  lying header is a 4xx, never an exception or a decoder allocating what the header claims;
 * the stored values are decoded by pydicom: uncompressed (implicit and explicit VR, little and
   big endian), deflated, RLE, and through the pylibjpeg plugins JPEG baseline / extended /
   lossless, JPEG-LS and JPEG 2000 (HTJ2K too);
@@ -25,7 +28,6 @@ from __future__ import annotations
 import copy
 import io
 import struct
-import zlib
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -34,12 +36,12 @@ import pydicom
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import generate_frames
-from pydicom.errors import InvalidDicomError
 from pydicom.pixels import get_decoder
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian
 
-from app.errors import ImageTooLarge, InvalidImage, MissingPixelData, UnsupportedImage
-from app.imaging import dicom_derive
+from app.errors import ImageTooLarge, InvalidImage, UnsupportedImage
+from app.imaging import dicom_checks, dicom_derive
+from app.imaging.dicom_checks import READ_ERRORS, PixelLayout
 from app.imaging.dicom_derive import LossyCompression, Provenance
 from app.imaging.dicom_lut import ModalityLUT, invert_monochrome1, modality_luts, units_name
 from app.imaging.image import Image, StoredRange
@@ -65,11 +67,6 @@ MODALITY_FROM_TAG: dict[str, Modality] = {
     "IO": "xray",
 }
 _UNITS: dict[Modality, str] = {"ct": "HU", "mr": "stored value", "xray": "stored value"}
-_GRAYSCALE = ("MONOCHROME1", "MONOCHROME2")
-SUPPORTED = (
-    "grayscale images (Photometric Interpretation MONOCHROME1 or MONOCHROME2, one sample per "
-    "pixel, 8 or 16 bits allocated, integer pixel data)"
-)
 
 
 @dataclass(frozen=True)
@@ -82,17 +79,11 @@ class DicomMeta:
     luts: tuple[ModalityLUT, ...]  # one per frame
     padding: tuple[np.ndarray, np.ndarray] | None  # (where, stored values) of padding, not image
     lossy: LossyCompression | None  # how the pixel data was lossy compressed in transit, if so
+    stored_limits: tuple[int, int]  # lowest and highest stored value (Bits Stored, Pixel Representation)
 
     @property
     def modality_tag(self) -> str:
         return str(self.dataset.get("Modality", "") or "")
-
-    @property
-    def stored_limits(self) -> tuple[int, int]:
-        bits = int(self.dataset.get("BitsStored", self.dataset.BitsAllocated))
-        if int(self.dataset.get("PixelRepresentation", 0)) == 1:
-            return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
-        return 0, (1 << bits) - 1
 
 
 def is_dicom(data: bytes) -> bool:
@@ -112,46 +103,48 @@ def tags_of(modalities: list[str]) -> str:
     return "; ".join(parts) or "none"
 
 
-def _read(data: bytes) -> Dataset:
+def _read(data: bytes, max_pixels: int) -> Dataset:
+    dicom_checks.check_deflated_size(data, dicom_checks.max_inflated_bytes(max_pixels))
     try:
-        return pydicom.dcmread(io.BytesIO(data))
-    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OSError, struct.error, zlib.error):
+        ds = pydicom.dcmread(io.BytesIO(data))
+    except READ_ERRORS:
         raise InvalidImage(
             "The DICOM file could not be parsed (truncated or corrupt); send the complete Part 10 file."
         ) from None
+    dicom_checks.check_values(ds.file_meta)
+    dicom_checks.check_values(ds)
+    if "SOPClassUID" not in ds:
+        # The derived instance must name its class; the file meta may still say it (PS3.10 7.1).
+        sop_class = ds.file_meta.get("MediaStorageSOPClassUID")
+        if not sop_class:
+            raise InvalidImage("The DICOM object has no SOP Class UID; send a valid image instance.")
+        ds.SOPClassUID = sop_class
+    return ds
 
 
-def _check_pixel_module(ds: Dataset) -> None:
-    """Refuse what this service cannot denoise, with the reason, before decoding anything."""
-    if "PixelData" not in ds:
-        if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
-            raise UnsupportedImage(f"Float pixel data is not supported; this service denoises {SUPPORTED}.")
-        raise MissingPixelData(
-            "This DICOM object has no Pixel Data (it is not an image); send an image instance."
-        )
-    photometric = str(ds.get("PhotometricInterpretation", "")).upper()
-    if photometric not in _GRAYSCALE or int(ds.get("SamplesPerPixel", 1)) != 1:
-        kind = "palette colour" if photometric == "PALETTE COLOR" else "colour"
+def _syntax(ds: Dataset) -> UID:
+    syntax = UID(str(ds.file_meta.get("TransferSyntaxUID", ExplicitVRLittleEndian)))
+    if not syntax.is_transfer_syntax:
         raise UnsupportedImage(
-            f"Photometric Interpretation {photometric or 'missing'} ({kind}, e.g. ultrasound or "
-            f"secondary capture) is not supported; this service denoises {SUPPORTED} of CT, MR "
-            "and X-ray."
+            "The file meta names a transfer syntax this service does not know; send the image "
+            "uncompressed, deflated, RLE, JPEG, JPEG-LS or JPEG 2000."
         )
-    if int(ds.get("BitsAllocated", 0)) not in (8, 16):
-        raise UnsupportedImage(
-            f"Bits Allocated {ds.get('BitsAllocated', 'missing')} is not supported; this service "
-            f"denoises {SUPPORTED}."
-        )
-    if "Rows" not in ds or "Columns" not in ds:
-        raise InvalidImage("The DICOM image has no Rows or Columns.")
+    return syntax
 
 
-def _frame_count(ds: Dataset) -> int:
-    return int(ds.get("NumberOfFrames", 1) or 1)
+def _check_pixel_data(ds: Dataset, layout: PixelLayout) -> None:
+    """The pixel data must be what the header says, before any decoder sees it (``dicom_checks``)."""
+    syntax = _syntax(ds)
+    if syntax.is_encapsulated:
+        dicom_checks.check_frame_sizes(ds, syntax, layout)
+    elif not isinstance(ds.PixelData, bytes):
+        raise InvalidImage("The DICOM Pixel Data element holds no pixel bytes; send a valid image.")
+    else:
+        dicom_checks.check_native_length(ds.PixelData, layout)
 
 
-def _decode_pixels(ds: Dataset) -> np.ndarray:
-    syntax = ds.file_meta.get("TransferSyntaxUID", ExplicitVRLittleEndian)
+def _decode_pixels(ds: Dataset, layout: PixelLayout) -> np.ndarray:
+    syntax = _syntax(ds)
     try:
         available = get_decoder(syntax).is_available
     except NotImplementedError:
@@ -163,11 +156,20 @@ def _decode_pixels(ds: Dataset) -> np.ndarray:
         )
     try:
         pixels = ds.pixel_array
-    except Exception:  # pydicom raises many types for bad pixel data; none should reach a client
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException:  # noqa: B036 - pydicom raises many types for bad pixel data, and the
+        # Rust RLE decoder (pylibjpeg-rle) panics with pyo3's PanicException, a BaseException
+        # so that ``except Exception`` misses it; none of them may reach a client.
         raise InvalidImage(
             "The DICOM pixel data could not be decoded (truncated or corrupt); send the complete file."
         ) from None
-    pixels = pixels.reshape(_frame_count(ds), int(ds.Rows), int(ds.Columns))
+    if pixels.size != layout.pixel_count:
+        raise InvalidImage(
+            "The DICOM pixel data decodes to a different number of pixels than Rows x Columns x "
+            "Number of Frames; send a consistent file."
+        )
+    pixels = pixels.reshape(layout.frames, layout.rows, layout.columns)
     return pixels.astype(pixels.dtype.newbyteorder("="), copy=False)
 
 
@@ -176,20 +178,26 @@ def _padding(ds: Dataset, stored_values: np.ndarray) -> tuple[np.ndarray, np.nda
     Limit (PS3.3 C.7.5.1.1.2)."""
     if "PixelPaddingValue" not in ds:
         return None
-    first = int(ds.PixelPaddingValue)
-    last = int(ds.get("PixelPaddingRangeLimit", first))
+    try:
+        first = int(ds.PixelPaddingValue)
+        last = int(ds.get("PixelPaddingRangeLimit", first))
+    except (TypeError, ValueError):
+        raise InvalidImage(
+            "The DICOM Pixel Padding Value or its Range Limit is not a single whole number; send a "
+            "valid header."
+        ) from None
     low, high = min(first, last), max(first, last)
     mask = (stored_values >= low) & (stored_values <= high)
     return (mask, stored_values[mask]) if mask.any() else None
 
 
-def _lossy_compression(ds: Dataset, stored_bytes: int) -> LossyCompression | None:
+def _lossy_compression(ds: Dataset, frames: int, stored_bytes: int) -> LossyCompression | None:
     """How the pixel data arrived lossy compressed, with the ratio of its size (C.7.6.1.1.5.2)."""
-    syntax = ds.file_meta.get("TransferSyntaxUID", ExplicitVRLittleEndian)
+    syntax = _syntax(ds)
     if not syntax.is_encapsulated:
         return None
     try:
-        first = next(generate_frames(ds.PixelData, number_of_frames=_frame_count(ds)), None)
+        first = next(generate_frames(ds.PixelData, number_of_frames=frames), None)
     except Exception:  # a malformed fragment table only leaves JPEG 2000's lossiness unknown
         first = None
     method = dicom_derive.lossy_method(syntax, first)
@@ -198,37 +206,55 @@ def _lossy_compression(ds: Dataset, stored_bytes: int) -> LossyCompression | Non
     return LossyCompression(method=method, ratio=stored_bytes / max(len(ds.PixelData), 1))
 
 
+def _modality_luts(
+    ds: Dataset, layout: PixelLayout, default_units: str
+) -> tuple[tuple[ModalityLUT, ...], str]:
+    """Each frame's modality LUT, checked to give finite values, and the name of its units."""
+    try:
+        luts, units = modality_luts(ds, layout.frames), units_name(ds, default_units)
+    except READ_ERRORS:
+        raise InvalidImage(
+            "The DICOM modality LUT (Rescale Slope / Intercept or Modality LUT Sequence) cannot be "
+            "read; send a valid header."
+        ) from None
+    dicom_checks.check_luts_finite(luts, *layout.stored_limits)
+    return luts, units
+
+
 def decode(data: bytes, modality: Modality | None, max_pixels: int) -> Image:
-    ds = _read(data)
-    _check_pixel_module(ds)
-    frames_in_file = _frame_count(ds)
-    pixel_count = int(ds.Rows) * int(ds.Columns) * frames_in_file
-    if pixel_count > max_pixels:
+    ds = _read(data, max_pixels)
+    layout = dicom_checks.pixel_layout(ds)
+    _check_pixel_data(ds, layout)
+    if layout.pixel_count > max_pixels:
         raise ImageTooLarge(
-            f"The image has {pixel_count} pixels (all frames), more than this service's limit "
+            f"The image has {layout.pixel_count} pixels (all frames), more than this service's limit "
             f"of {max_pixels}; send fewer frames or a smaller image."
         )
-    stored_values = _decode_pixels(ds)
-    luts = modality_luts(ds, frames_in_file)
+    modality = modality or modality_of(ds)
+    luts, units = _modality_luts(ds, layout, _UNITS[modality] if modality else "stored value")
+    stored_values = _decode_pixels(ds, layout)
     frames = np.stack([lut.to_units(frame) for lut, frame in zip(luts, stored_values, strict=True)])
     photometric = str(ds.PhotometricInterpretation).upper()
-    modality = modality or modality_of(ds)
-    lossy = _lossy_compression(ds, stored_values.size * int(ds.BitsAllocated) // 8)
+    lossy = _lossy_compression(ds, layout.frames, stored_values.size * layout.bits_allocated // 8)
     padding = _padding(ds, stored_values)
     del ds.PixelData  # decoded above; the header alone is kept to write the derived instance
-    meta = DicomMeta(ds, photometric, stored_values.dtype, luts, padding, lossy)
+    meta = DicomMeta(ds, photometric, stored_values.dtype, luts, padding, lossy, layout.stored_limits)
     if photometric == "MONOCHROME1":
         frames = invert_monochrome1(frames, _units_ranges(meta))
+    if not np.isfinite([frames.min(), frames.max()]).all():  # min and max carry any NaN or inf
+        # Finite LUT ends can still overflow: mirroring MONOCHROME1 adds them (1e308 + 1e308).
+        raise InvalidImage(
+            "The DICOM pixel values map through the modality LUT to numbers too large to hold; "
+            "send a valid header."
+        )
     first = luts[0]
-    bits_stored = int(ds.get("BitsStored", ds.BitsAllocated))
-    signed = int(ds.get("PixelRepresentation", 0)) == 1
     return Image(
         frames=frames,
         format="dicom",
         modality=modality,
-        units=units_name(ds, _UNITS[modality] if modality else "stored value"),
+        units=units,
         # For DICOM the per-frame modality LUTs in ``meta`` are authoritative; this describes frame 0.
-        stored=StoredRange(bits_stored, signed, first.slope, first.intercept),
+        stored=StoredRange(layout.bits_stored, layout.signed, first.slope, first.intercept),
         meta=meta,
     )
 
@@ -294,8 +320,7 @@ def encode(image: Image, provenance: Provenance, now: datetime | None = None) ->
     meta: DicomMeta = image.meta
     source = meta.dataset
     ds = copy.deepcopy(source)
-    syntax = source.file_meta.get("TransferSyntaxUID", ExplicitVRLittleEndian)
-    _decode_every_value(ds, big_endian=not syntax.is_little_endian)
+    _decode_every_value(ds, big_endian=not _syntax(source).is_little_endian)
     stored = stored_values_of(image)
     dicom_derive.mark_derived(ds, source, provenance, meta.lossy, now or datetime.now())
     ds.file_meta = _file_meta(ds)

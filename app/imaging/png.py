@@ -65,6 +65,32 @@ def _read_header(data: bytes) -> tuple[int, int, int, int]:
     return width, height, bit_depth, colour_type
 
 
+def _stored_range(
+    modality: Modality, bit_depth: int, rescale_slope: float | None, rescale_intercept: float | None
+) -> tuple[StoredRange, str]:
+    """The documented default mapping to units, or the request's, refused unless every value maps
+    to a finite number; and the units' name."""
+    slope, intercept, units = default_rescale(modality, bit_depth)
+    if rescale_slope is not None:
+        if not (np.isfinite(rescale_slope) and rescale_slope != 0):
+            raise InvalidRequest("rescale_slope must be a finite, non-zero number.", code="invalid_rescale")
+        slope = rescale_slope
+    if rescale_intercept is not None:
+        if not np.isfinite(rescale_intercept):
+            raise InvalidRequest("rescale_intercept must be a finite number.", code="invalid_rescale")
+        intercept = rescale_intercept
+    stored = StoredRange(bits_stored=bit_depth, signed=False, slope=slope, intercept=intercept)
+    with np.errstate(over="ignore"):
+        ends = stored.units_range()
+    if not all(np.isfinite(ends)):
+        raise InvalidRequest(
+            "rescale_slope and rescale_intercept map this PNG's values beyond the largest number "
+            "the service can hold; send a smaller slope or intercept.",
+            code="invalid_rescale",
+        )
+    return stored, units
+
+
 def decode(
     data: bytes,
     modality: Modality | None,
@@ -88,19 +114,10 @@ def decode(
             f"The image has {width * height} pixels, more than this service's limit of "
             f"{max_pixels}; crop or downsample it."
         )
+    stored, units = _stored_range(modality, bit_depth, rescale_slope, rescale_intercept)
     pixels = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
     if pixels is None or pixels.shape != (height, width):
         raise InvalidImage("The PNG could not be decoded (truncated or corrupt); send the complete file.")
-    slope, intercept, units = default_rescale(modality, bit_depth)
-    if rescale_slope is not None:
-        if not (np.isfinite(rescale_slope) and rescale_slope != 0):
-            raise InvalidRequest("rescale_slope must be a finite, non-zero number.", code="invalid_rescale")
-        slope = rescale_slope
-    if rescale_intercept is not None:
-        if not np.isfinite(rescale_intercept):
-            raise InvalidRequest("rescale_intercept must be a finite number.", code="invalid_rescale")
-        intercept = rescale_intercept
-    stored = StoredRange(bits_stored=bit_depth, signed=False, slope=slope, intercept=intercept)
     return Image(
         frames=stored.to_units(pixels)[np.newaxis],
         format="png",

@@ -11,7 +11,7 @@ import anyio.to_thread
 from fastapi import APIRouter, File, Form, Header, Request, Response, UploadFile
 
 from app.api.deps import PipelineDep, SettingsDep, TelemetryDep
-from app.api.schemas import DATA_RANGE_DOC, PNG_UNITS_DOC, DenoiseJSONResponse, ErrorResponse
+from app.api.schemas import DATA_RANGE_DOC, PNG_UNITS_DOC, RETRY_AFTER, DenoiseJSONResponse, ErrorResponse
 from app.imaging import codec, preview
 from app.imaging.codec import FILE_SUFFIXES
 from app.inference.card import Modality
@@ -20,15 +20,25 @@ from app.pipeline import DenoiseOutcome, DenoiseRequest, MetricsMode, RequestLab
 router = APIRouter(tags=["denoise"])
 
 _ERRORS = {
-    400: "not an image, truncated or corrupt",
-    413: "upload larger than DENOISE_MAX_UPLOAD_BYTES, or more pixels than DENOISE_MAX_PIXELS",
-    415: "an image this service does not denoise: colour, palette, JPEG/TIFF, unsupported DICOM",
-    422: (
-        "a missing or invalid field (modality for a PNG, unknown model, strength, reference), "
-        "a DICOM modality with no model here, or no pixel data"
+    400: "invalid_image: not an image, empty, truncated or corrupt, or a header that contradicts its data",
+    413: (
+        "upload_too_large: more bytes than DENOISE_MAX_UPLOAD_BYTES; image_too_large: more pixels "
+        "than DENOISE_MAX_PIXELS (from the header, before decoding)"
     ),
-    503: "no loaded model can serve this modality",
+    415: (
+        "unsupported_image: colour, palette, JPEG/TIFF/GIF/BMP/WebP, unsupported bit depth or transfer syntax"
+    ),
+    422: (
+        "a missing or invalid field (modality for a PNG, unknown model, strength, reference, "
+        "rescale), a DICOM modality with no model here, or no pixel data"
+    ),
+    500: "inference_failed: the model failed on this input; quote the request id when reporting it",
+    503: (
+        "model_unavailable: no loaded model can serve this modality; service_busy: the model's "
+        "queue is full, retry after Retry-After seconds"
+    ),
 }
+MODEL_NAME_LENGTH = 128  # ids and architectures are short; a longer name is never a model
 _IMAGE_CONTENT = {
     "image/png": {"schema": {"type": "string", "format": "binary"}},
     "application/dicom": {"schema": {"type": "string", "format": "binary"}},
@@ -66,6 +76,7 @@ def _milliseconds(outcome: DenoiseOutcome) -> dict[str, float]:
     responses={
         200: {"content": {**_IMAGE_CONTENT, "application/json": {}}, "headers": _HEADERS},
         **{status: {"model": ErrorResponse, "description": text} for status, text in _ERRORS.items()},
+        503: {"model": ErrorResponse, "description": _ERRORS[503], "headers": RETRY_AFTER},
     },
 )
 async def denoise(
@@ -80,7 +91,10 @@ async def denoise(
     ] = None,
     model: Annotated[
         str | None,
-        Form(description="model id (ct-unet) or architecture (unet); default: the modality's default model"),
+        Form(
+            description="model id (ct-unet) or architecture (unet); default: the modality's default model",
+            max_length=MODEL_NAME_LENGTH,
+        ),
     ] = None,
     strength: Annotated[
         float | None,

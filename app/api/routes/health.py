@@ -12,7 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from app.api.deps import RegistryDep, TelemetryDep
 from app.api.routes.models import unserved_info
-from app.api.schemas import ErrorResponse, ReadyResponse
+from app.api.schemas import NotReadyResponse, ReadyResponse
 
 router = APIRouter(tags=["health"])
 metrics_router = APIRouter(tags=["health"])
@@ -27,7 +27,7 @@ async def healthz() -> dict[str, str]:
     "/readyz",
     summary="Readiness: at least one model is loaded",
     response_model=ReadyResponse,
-    responses={503: {"model": ErrorResponse, "description": "no model loaded; the detail says why"}},
+    responses={503: {"model": NotReadyResponse, "description": "no model loaded; the detail says why"}},
 )
 async def readyz(registry: RegistryDep) -> ReadyResponse | JSONResponse:
     unserved = unserved_info(registry)
@@ -47,6 +47,16 @@ async def readyz(registry: RegistryDep) -> ReadyResponse | JSONResponse:
     return ReadyResponse(status="ready", models=len(registry.models), unserved=unserved)
 
 
-@metrics_router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+@metrics_router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "the Prometheus text exposition format",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        }
+    },
+)
 async def metrics(telemetry: TelemetryDep) -> Response:
     return Response(generate_latest(telemetry.registry), media_type=CONTENT_TYPE_LATEST)

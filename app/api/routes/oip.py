@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
 import anyio.to_thread
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Path, Request, Response
 from fastapi.responses import JSONResponse
 
 from app.api.deps import PipelineDep, RegistryDep, SettingsDep, TelemetryDep
@@ -29,6 +29,19 @@ from app.api.oip_protocol import (
     encode_infer_response,
     parse_infer_request,
 )
+from app.api.schemas import (
+    INFER_REQUEST_EXAMPLES,
+    INFER_REQUEST_SCHEMA,
+    RETRY_AFTER,
+    VALIDATION_ERROR,
+    InferResponse,
+    LiveResponse,
+    ModelMetadataResponse,
+    ModelReadyResponse,
+    OipErrorResponse,
+    ServerMetadataResponse,
+    ServerReadyResponse,
+)
 from app.errors import ServiceBusy
 from app.imaging.dicom_derive import SOFTWARE_NAME, SOFTWARE_VERSION
 from app.inference.registry import LoadedModel, ModelRegistry
@@ -38,6 +51,83 @@ router = APIRouter(prefix="/v2", tags=["open inference protocol"])
 MODEL_VERSION = "1"  # the version folder of the Triton export (app/tools/triton_export.py)
 PLATFORM = "onnxruntime_onnx"
 EXTENSIONS = ["binary_tensor_data"]
+
+ModelName = Annotated[
+    str,
+    Path(
+        description="a model id, as GET /v1/models lists them",
+        openapi_examples={"ct-unet": {"value": "ct-unet", "summary": "the default CT model"}},
+    ),
+]
+_NOT_READY = {503: {"model": OipErrorResponse, "description": "no model is loaded"}}
+_MODEL_ERRORS: dict[int | str, dict[str, Any]] = {
+    404: {"model": OipErrorResponse, "description": "no such model, or no such version of it"},
+    503: {
+        "model": OipErrorResponse,
+        "description": "the model was found but is not served (see the message)",
+    },
+    **VALIDATION_ERROR,
+}
+_INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "the output tensor: JSON, or with binary output the JSON header, then its bytes",
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/InferResponse"}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+        "headers": {
+            HEADER_LENGTH: {
+                "description": "with binary output: length of the JSON part that starts the body",
+                "schema": {"type": "integer"},
+            }
+        },
+        "model": InferResponse,
+    },
+    400: {
+        "model": OipErrorResponse,
+        "description": "a request that does not follow the protocol or the model's tensor contract",
+    },
+    413: {
+        "model": OipErrorResponse,
+        "description": "more bytes than DENOISE_MAX_UPLOAD_BYTES, or more pixels than DENOISE_MAX_PIXELS",
+    },
+    415: {
+        "model": OipErrorResponse,
+        "description": "a Content-Encoding other than gzip, deflate or identity",
+    },
+    422: {
+        "model": OipErrorResponse,
+        "description": "the output holds NaN or infinite values, which JSON cannot carry (binary can)",
+    },
+    404: _MODEL_ERRORS[404],
+    503: {
+        "model": OipErrorResponse,
+        "description": "the model is not served, or its queue is full (service_busy: see Retry-After)",
+        "headers": RETRY_AFTER,
+    },
+}
+_INFER_REQUEST = {
+    "requestBody": {
+        "required": True,
+        "description": (
+            "the inference request as JSON; with binary tensor data the JSON, then the tensor's bytes "
+            f"(application/octet-stream), {HEADER_LENGTH} giving the JSON's length"
+        ),
+        "content": {
+            "application/json": {"schema": INFER_REQUEST_SCHEMA, "examples": INFER_REQUEST_EXAMPLES},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    },
+    "parameters": [
+        {
+            "name": HEADER_LENGTH,
+            "in": "header",
+            "required": False,
+            "description": "with binary tensor data: length of the JSON part that starts the body",
+            "schema": {"type": "integer", "minimum": 0},
+        }
+    ],
+}
 
 
 def _error(request: Request, error: OipError) -> JSONResponse:
@@ -62,17 +152,22 @@ def _tensor_metadata(name: str) -> dict[str, Any]:
     return {"name": name, "datatype": DATATYPE, "shape": [-1, 1, -1, -1]}
 
 
-@router.get("", summary="Server metadata")
+@router.get("", summary="Server metadata", response_model=ServerMetadataResponse)
 async def server_metadata() -> dict[str, Any]:
     return {"name": SOFTWARE_NAME, "version": SOFTWARE_VERSION, "extensions": EXTENSIONS}
 
 
-@router.get("/health/live", summary="Liveness: the process answers")
+@router.get("/health/live", summary="Liveness: the process answers", response_model=LiveResponse)
 async def live() -> dict[str, bool]:
     return {"live": True}
 
 
-@router.get("/health/ready", summary="Readiness: at least one model is loaded", response_model=None)
+@router.get(
+    "/health/ready",
+    summary="Readiness: at least one model is loaded",
+    response_model=None,
+    responses={200: {"model": ServerReadyResponse}, **_NOT_READY},
+)
 async def ready(request: Request, registry: RegistryDep) -> dict[str, bool] | JSONResponse:
     if not registry.models:
         return _error(request, OipError("No model is loaded; GET /readyz says why.", 503, "not_ready"))
@@ -104,19 +199,27 @@ def _metadata(model: LoadedModel) -> dict[str, Any]:
 
 
 @router.get(
-    "/models/{name}", summary="Model metadata: tensor names, datatypes and shapes", response_model=None
+    "/models/{name}",
+    summary="Model metadata: tensor names, datatypes and shapes",
+    response_model=None,
+    responses={200: {"model": ModelMetadataResponse}, **_MODEL_ERRORS},
 )
 @router.get("/models/{name}/versions/{version}", include_in_schema=False, response_model=None)
 async def model_metadata(
-    request: Request, registry: RegistryDep, name: str, version: str | None = None
+    request: Request, registry: RegistryDep, name: ModelName, version: str | None = None
 ) -> dict[str, Any] | JSONResponse:
     return _describe(request, registry, name, version, _metadata)
 
 
-@router.get("/models/{name}/ready", summary="Model readiness", response_model=None)
+@router.get(
+    "/models/{name}/ready",
+    summary="Model readiness",
+    response_model=None,
+    responses={200: {"model": ModelReadyResponse}, **_MODEL_ERRORS},
+)
 @router.get("/models/{name}/versions/{version}/ready", include_in_schema=False, response_model=None)
 async def model_ready(
-    request: Request, registry: RegistryDep, name: str, version: str | None = None
+    request: Request, registry: RegistryDep, name: ModelName, version: str | None = None
 ) -> dict[str, Any] | JSONResponse:
     return _describe(request, registry, name, version, lambda model: {"name": model.card.id, "ready": True})
 
@@ -125,6 +228,8 @@ async def model_ready(
     "/models/{name}/infer",
     summary="Run the model on an FP32 [N, 1, H, W] tensor in [0, 1] (JSON or binary tensor data)",
     response_class=Response,
+    responses=_INFER_RESPONSES,
+    openapi_extra=_INFER_REQUEST,
 )
 @router.post("/models/{name}/versions/{version}/infer", include_in_schema=False, response_class=Response)
 async def infer(
@@ -133,7 +238,7 @@ async def infer(
     pipeline: PipelineDep,
     settings: SettingsDep,
     telemetry: TelemetryDep,
-    name: str,
+    name: ModelName,
     version: str | None = None,
 ) -> Response:
     try:

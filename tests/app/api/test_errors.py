@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import struct
 import zlib
 from collections.abc import Iterator
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from tests.app.fuzz.bounds import TIME_LIMIT, assert_error
 from tests.files import dicom_file, png_bytes
 
 SMALL_PNG = png_bytes(np.full((32, 32), 100, np.uint16))
@@ -79,14 +82,7 @@ CASES = [
 ]
 
 
-def assert_error(response, status: int, code: str) -> None:  # type: ignore[no-untyped-def]
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error", "detail"}
-    assert body["error"] == code
-    assert body["detail"].endswith(".") and len(body["detail"]) > 20
-
-
+@pytest.mark.timeout(TIME_LIMIT)
 @pytest.mark.parametrize(
     ("data", "fields", "status", "code"), [c[1:] for c in CASES], ids=[c[0] for c in CASES]
 )
@@ -145,3 +141,42 @@ def test_upload_over_the_limit_while_streaming(client: TestClient) -> None:
 
 def test_unknown_route_has_the_same_shape(client: TestClient) -> None:
     assert_error(client.get("/v2/nothing"), 404, "not_found")
+
+
+TRICKY_NAMES = ["../../{tmp}/escaped.png", "{tmp}/absolute.png", "nul\x00{tmp}.png", "Zqxv^Patient 山田.png"]
+
+
+@pytest.mark.parametrize("pattern", TRICKY_NAMES)
+def test_the_file_name_is_never_a_path_nor_logged(
+    client: TestClient, tmp_path: Path, caplog: pytest.LogCaptureFixture, pattern: str
+) -> None:
+    """Names that point into a folder of the test's own are sent with a real image: nothing is
+    written there, the answer names its own file, and no log line carries the name."""
+    name = pattern.format(tmp=tmp_path)
+    with caplog.at_level(logging.DEBUG):
+        response = client.post(
+            "/v1/denoise", files={"file": (name, SMALL_PNG, "image/png")}, data={"modality": "ct"}
+        )
+    assert response.status_code == 200
+    assert response.headers["content-disposition"] == 'inline; filename="denoised.png"'
+    assert list(tmp_path.iterdir()) == []
+    logged = "\n".join(record.getMessage() for record in caplog.records)
+    assert "POST /v1/denoise 200" in logged  # the request's own log lines were captured
+    assert "Zqxv" not in logged and str(tmp_path) not in logged and "escaped" not in logged
+
+
+@pytest.mark.parametrize(
+    ("data", "label", "served_as"),
+    [
+        (SMALL_PNG, "application/dicom", "image/png"),
+        (dicom_file("CT_small.dcm"), "image/png", "application/dicom"),
+        (SMALL_PNG, "text/plain", "image/png"),
+    ],
+    ids=["png labelled dicom", "dicom labelled png", "png labelled text"],
+)
+def test_the_bytes_decide_the_format_not_the_label(
+    client: TestClient, data: bytes, label: str, served_as: str
+) -> None:
+    response = client.post("/v1/denoise", files={"file": ("image", data, label)}, data={"modality": "ct"})
+    assert response.status_code == 200, response.text[:300]
+    assert response.headers["content-type"] == served_as
