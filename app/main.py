@@ -19,7 +19,7 @@ from app.api import errors
 from app.api.cors import add_cors
 from app.api.middleware import RequestContextMiddleware, UploadLimitMiddleware
 from app.api.routes import denoise, health, models, oip, web
-from app.api.security import ApiKeyMiddleware, api_keys_from, route_dependencies
+from app.api.security import ApiKeyMiddleware, api_keys_from, route_dependencies, route_responses
 from app.inference.registry import load_registry
 from app.metrics_server import MetricsServer
 from app.observability import Telemetry, configure_logging
@@ -63,12 +63,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.telemetry = telemetry
     errors.install(app)
     protected = route_dependencies(settings)  # the key schemes in /docs; ApiKeyMiddleware checks
-    app.include_router(denoise.router, dependencies=protected)
-    app.include_router(models.router, dependencies=protected)
+    unauthorized = route_responses(settings)  # and the 401 it answers, in the schema
+    app.include_router(denoise.router, dependencies=protected, responses=unauthorized)
+    app.include_router(models.router, dependencies=protected, responses=unauthorized)
     app.include_router(health.router)
     if settings.metrics_port is None:
         app.include_router(health.metrics_router)
-    app.include_router(oip.router, dependencies=protected)
+    app.include_router(oip.router, dependencies=protected, responses=unauthorized)
     app.include_router(web.router)
     app.mount("/static", StaticFiles(directory=web.STATIC_DIR), name="static")
     # Each added middleware wraps the ones before it. From the outside in: the request id exists

@@ -19,7 +19,7 @@ import hashlib
 import hmac
 import logging
 import os
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request, Security
 from fastapi.params import Depends as DependsParam
@@ -28,6 +28,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.api.errors import domain_error_response
 from app.api.middleware import header_value
+from app.api.schemas import ErrorResponse
 from app.errors import Unauthorized
 from app.settings import Settings
 
@@ -117,6 +118,20 @@ async def _declare_schemes(
 def route_dependencies(settings: Settings) -> list[DependsParam]:
     """What the protected routers are included with: the schemes in /docs, when keys are required."""
     return [Depends(_declare_schemes)] if settings.api_keys else []
+
+
+def route_responses(settings: Settings) -> dict[int | str, dict[str, Any]]:
+    """The 401 the protected routers' operations document, when keys are required."""
+    if not settings.api_keys:
+        return {}
+    challenge = {"description": 'Bearer, with error="invalid_token" for a key it does not know'}
+    return {
+        401: {
+            "model": ErrorResponse,
+            "description": "api_key_required: no key sent; api_key_invalid: a key this service does not know",
+            "headers": {"WWW-Authenticate": {**challenge, "schema": {"type": "string"}}},
+        }
+    }
 
 
 def api_keys_from(settings: Settings) -> ApiKeys | None:

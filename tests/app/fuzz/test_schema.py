@@ -50,9 +50,23 @@ CHECKS = [
 # Schemathesis's fixture-based loader (``from_fixture``), which would have deferred it.
 MODELS_DIR = Path(tempfile.mkdtemp(prefix="schema-models-"))
 MODEL_IDS = ["ct-autoencoder", "ct-unet", "mr-unet", "xray-unet"]  # tests/tiny_models.write_model_set
-APP = create_app(Settings(models_dir=MODELS_DIR, intra_op_threads=1, tile_size=128, max_upload_bytes=1 << 20))
-schema = schemathesis.openapi.from_dict(APP.openapi())
-schema.app = APP  # requests go to the app in-process, as from_asgi would send them
+
+
+def _schema(**settings: Any) -> Any:
+    app = create_app(
+        Settings(
+            models_dir=MODELS_DIR, intra_op_threads=1, tile_size=128, max_upload_bytes=1 << 20, **settings
+        )
+    )
+    loaded = schemathesis.openapi.from_dict(app.openapi())
+    loaded.app = app  # requests go to the app in-process, as from_asgi would send them
+    return loaded
+
+
+schema = _schema()
+# With API keys required, the protected operations answer 401 to the made-up or missing keys
+# Schemathesis sends: that answer must be in the schema too.
+keyed_schema = _schema(api_keys="schema-test-key-0123456789")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -108,4 +122,17 @@ def flatmap_body(context: Any, body: Any) -> st.SearchStrategy[Any]:
     suppress_health_check=list(HealthCheck),
 )
 def test_every_answer_is_documented(case: Any) -> None:
+    case.call_and_validate(checks=CHECKS)
+
+
+@pytest.mark.timeout(TIME_LIMIT)
+@keyed_schema.parametrize()
+@settings(
+    max_examples=max(EXAMPLES // 5, 5),
+    derandomize=True,
+    database=None,
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+)
+def test_with_api_keys_every_answer_is_documented(case: Any) -> None:
     case.call_and_validate(checks=CHECKS)
