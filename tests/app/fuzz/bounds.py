@@ -1,4 +1,5 @@
-"""Bounds every malformed upload must stay within: one JSON error shape, memory, time.
+"""Bounds every malformed upload must stay within (one JSON error shape, memory, time), and the
+bounded, reproducible Hypothesis settings of the fuzz tests.
 
 Time is bounded by pytest-timeout (``TIME_LIMIT``, per test), so a hang fails its test instead
 of stalling CI. Memory is measured two ways: ``tracemalloc`` around an in-process request sees
@@ -14,6 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import httpx
+from hypothesis import HealthCheck, settings
 
 # Seconds one malformed request may take before its test fails (a generous multiple of the
 # slowest case on two busy cores, which is the 1 GB deflated bomb's bounded count, ~1 s).
@@ -22,6 +24,18 @@ TIME_LIMIT = 60
 # under 1 MB and the largest peak measured 4 MiB, so more means something decoded what it
 # should have refused.
 MEMORY_LIMIT_BYTES = 16 << 20
+
+
+def reproducible(examples: int) -> settings:
+    """At most ``examples`` per test, the same ones on every run (no randomness, no database), no
+    deadline: a slow example on a busy CI machine is not a failure, a hang is (``TIME_LIMIT``)."""
+    return settings(
+        max_examples=examples,
+        derandomize=True,
+        database=None,
+        deadline=None,
+        suppress_health_check=list(HealthCheck),
+    )
 
 
 @dataclass

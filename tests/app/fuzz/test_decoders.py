@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pydicom
 import pytest
-from hypothesis import HealthCheck, given, reject, settings
+from hypothesis import given, reject
 from hypothesis import strategies as st
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
@@ -35,6 +35,7 @@ from app.imaging.dicom_derive import Provenance
 from app.imaging.image import Image
 from app.inference.card import Modality
 from tests.app.fuzz import builders as b
+from tests.app.fuzz.bounds import reproducible
 from tests.files import dicom_file, png_bytes
 
 # pydicom warns about every invalid value these tests write and read, numpy about the overflows
@@ -46,13 +47,7 @@ pytestmark = [
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "250"))
 MAX_PIXELS = 512 * 512  # the largest base file (image_dfl.dcm); mutated headers cross it
 PROVENANCE = Provenance("fuzz-model", "1.0.0")
-FUZZ = settings(
-    max_examples=EXAMPLES,
-    derandomize=True,
-    database=None,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
-)
+FUZZ = reproducible(EXAMPLES)
 
 
 def assert_valid(image: Image) -> None:

@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from schemathesis import checks
 from schemathesis.python import asgi
@@ -30,7 +29,7 @@ from schemathesis.python import asgi
 from app.main import create_app
 from app.settings import Settings
 from tests.app.fuzz import builders as b
-from tests.app.fuzz.bounds import TIME_LIMIT
+from tests.app.fuzz.bounds import TIME_LIMIT, reproducible
 from tests.files import png_bytes
 from tests.tiny_models import write_model_set
 
@@ -114,25 +113,13 @@ def flatmap_body(context: Any, body: Any) -> st.SearchStrategy[Any]:
 
 @pytest.mark.timeout(TIME_LIMIT * 2)
 @schema.parametrize()
-@settings(
-    max_examples=EXAMPLES,
-    derandomize=True,
-    database=None,
-    deadline=None,
-    suppress_health_check=list(HealthCheck),
-)
+@reproducible(EXAMPLES)
 def test_every_answer_is_documented(case: Any) -> None:
     case.call_and_validate(checks=CHECKS)
 
 
 @pytest.mark.timeout(TIME_LIMIT)
 @keyed_schema.parametrize()
-@settings(
-    max_examples=max(EXAMPLES // 5, 5),
-    derandomize=True,
-    database=None,
-    deadline=None,
-    suppress_health_check=list(HealthCheck),
-)
+@reproducible(max(EXAMPLES // 5, 5))
 def test_with_api_keys_every_answer_is_documented(case: Any) -> None:
     case.call_and_validate(checks=CHECKS)
