@@ -125,14 +125,14 @@ async def _http(request: Request, error: Exception) -> JSONResponse:
     return response
 
 
-async def _unexpected(request: Request, error: Exception) -> JSONResponse:
+async def unexpected_error_response(request: Request, error: Exception) -> JSONResponse:
+    """A bug: logged by type and stack (never the message), answered with the request id to quote."""
     stack = "".join(traceback.format_tb(error.__traceback__))
     logger.error("unexpected %s\n%s", type(error).__name__, stack)
+    request_id = getattr(request.state, "request_id", None)
+    quote = f"request id {request_id}" if request_id else "the X-Request-Id"
     return error_response(
-        request,
-        500,
-        "internal_error",
-        "The service failed unexpectedly; quote the X-Request-Id when reporting it.",
+        request, 500, "internal_error", f"The service failed unexpectedly; quote {quote} when reporting it."
     )
 
 
@@ -140,4 +140,4 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(DenoiseError, _domain)
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(StarletteHTTPException, _http)
-    app.add_exception_handler(Exception, _unexpected)
+    app.add_exception_handler(Exception, unexpected_error_response)

@@ -11,8 +11,10 @@ import logging
 import time
 from typing import Any
 
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.api.errors import unexpected_error_response
 from app.observability import Telemetry, new_request_id, request_id_var
 
 logger = logging.getLogger(__name__)
@@ -50,14 +52,24 @@ class RequestContextMiddleware:
             self.telemetry.in_flight.inc()
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, response_started
             if message["type"] == "http.response.start":
                 status = message["status"]
+                response_started = True
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
             await send(message)
 
+        response_started = False
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception as error:
+            if response_started:
+                raise
+            # Answered here, where the request id is known: Starlette's last-resort handler runs
+            # outside this middleware (no X-Request-Id) and re-raises, so uvicorn would log the
+            # exception's message, which may quote what was uploaded.
+            response = await unexpected_error_response(Request(scope), error)
+            await response(scope, receive, send_with_id)
         finally:
             seconds = time.perf_counter() - started
             if is_denoise:
