@@ -43,16 +43,27 @@ def quantise(plane: np.ndarray) -> dict[str, Any]:
     return {"low": low, "high": high, "data_base64": base64.b64encode(samples.tobytes()).decode("ascii")}
 
 
+def _first_number(value: object) -> float | None:
+    """The first value of a Window Center / Width as a finite number; None for anything else
+    (a header may hold text, NaN or nothing there, and the preview then uses its default)."""
+    if isinstance(value, MultiValue):
+        value = value[0] if len(value) else None
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
 def _dicom_window(image: Image) -> tuple[float, float] | None:
     # MONOCHROME1 frames arrive mirrored to MONOCHROME2, where the header's window no longer fits.
     if not isinstance(image.meta, dicom.DicomMeta) or image.meta.photometric != "MONOCHROME2":
         return None
     dataset = image.meta.dataset
-    center, width = dataset.get("WindowCenter"), dataset.get("WindowWidth")
-    if center is None or width is None:
+    center, width = _first_number(dataset.get("WindowCenter")), _first_number(dataset.get("WindowWidth"))
+    if center is None or width is None or width <= 0:
         return None
-    first = [float(v[0]) if isinstance(v, MultiValue) else float(v) for v in (center, width)]
-    return (first[0], first[1]) if first[1] > 0 else None
+    return center, width
 
 
 def default_window(image: Image, plane: np.ndarray) -> tuple[float, float]:

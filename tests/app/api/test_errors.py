@@ -14,6 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.app.fuzz.bounds import TIME_LIMIT, assert_error
+from tests.app.fuzz.builders import ct_bytes
 from tests.files import dicom_file, png_bytes
 
 SMALL_PNG = png_bytes(np.full((32, 32), 100, np.uint16))
@@ -180,3 +181,23 @@ def test_the_bytes_decide_the_format_not_the_label(
     response = client.post("/v1/denoise", files={"file": ("image", data, label)}, data={"modality": "ct"})
     assert response.status_code == 200, response.text[:300]
     assert response.headers["content-type"] == served_as
+
+
+@pytest.mark.parametrize("center", [b"ab", b"NaN"], ids=["text", "nan"])
+def test_a_window_that_is_not_a_number_gives_the_default_preview_window(
+    client: TestClient, center: bytes
+) -> None:
+    """Regression (found by tests/app/fuzz/test_decoders.py): Window Center "ab" was a 500 and
+    NaN a null centre in the preview; the CT soft-tissue window is used instead."""
+    window_center = b"\x28\x00\x50\x10DS\x02\x0080"  # (0028,1050) DS "80"
+    data = ct_bytes(WindowCenter="80")
+    assert data.count(window_center) == 1
+    data = data.replace(window_center, window_center[:6] + bytes([len(center), 0]) + center)
+    response = client.post(
+        "/v1/denoise",
+        files={"file": ("x", data)},
+        data={"preview": "true"},
+        headers={"Accept": "application/json"},
+    )
+    assert response.status_code == 200, response.text[:300]
+    assert response.json()["preview"]["window"] == {"center": 40.0, "width": 400.0}

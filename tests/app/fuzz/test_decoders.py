@@ -2,8 +2,9 @@
 
 The property, for every input: ``codec.decode`` either returns an image whose frames are finite
 float64 of shape (frames, rows, columns) within the pixel limit, or raises a ``DenoiseError``
-(which app/api/errors.py turns into a 4xx); and a decoded image can be written back with
-``codec.encode`` and read again with the same shape, or the encoder raises a ``DenoiseError``.
+(which app/api/errors.py turns into a 4xx); a decoded image has a preview with a finite display
+window; and it can be written back with ``codec.encode`` and read again with the same shape, or
+the encoder raises a ``DenoiseError``.
 Any other exception would be a 500. Inputs: random bytes, valid PNG and DICOM files with bits
 flipped, bytes cut, inserted or overwritten, PNG chunks inserted and IHDR fields rewritten (with
 valid CRCs, so libpng gets past its checks), and DICOM datasets built by pydicom from drawn
@@ -30,7 +31,7 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
 from app.errors import DenoiseError
-from app.imaging import codec
+from app.imaging import codec, preview
 from app.imaging.dicom_derive import Provenance
 from app.imaging.image import Image
 from app.inference.card import Modality
@@ -68,6 +69,8 @@ def decode_or_refuse(data: bytes, modality: Modality | None = "ct") -> Image | N
         except DenoiseError:
             return None
         assert_valid(image)
+        window = preview.build(image, image)["window"]  # what the viewer shows: from the header
+        assert np.isfinite([window["center"], window["width"]]).all() and window["width"] > 0
         try:
             written = codec.encode(image, PROVENANCE)
         except DenoiseError:
@@ -204,6 +207,7 @@ RETYPED: list[tuple[str, str, Any]] = [
     ("BitsAllocated", "SS", -16),
     ("RescaleSlope", "LO", "slope"),
     ("RescaleIntercept", "FD", float("nan")),
+    ("WindowCenter", "LO", "level"),
     ("NumberOfFrames", "FL", 1.5),
     ("PhotometricInterpretation", "US", 2),
     ("Modality", "US", 1),
@@ -223,34 +227,47 @@ def _lut_sequence(entries: int, first: int, bits: int, data_length: int) -> Sequ
     return Sequence([item])
 
 
+# The Image Pixel module: a change here usually makes the header disagree with the data.
+LAYOUT: dict[str, st.SearchStrategy[Any]] = {
+    "Rows": st.integers(0, 40),
+    "Columns": st.integers(0, 40),
+    "BitsAllocated": st.sampled_from([1, 8, 12, 16, 32, 64]),
+    "BitsStored": st.integers(0, 40),
+    "HighBit": st.integers(0, 40),
+    "PixelRepresentation": st.integers(0, 2),
+    "SamplesPerPixel": st.integers(0, 4),
+    "PhotometricInterpretation": st.sampled_from(PHOTOMETRIC),
+    "NumberOfFrames": st.integers(-1, 4).map(str),
+}
+# Values read around the pixels: the image still decodes, and they must be handled.
+VALUES: dict[str, st.SearchStrategy[Any]] = {
+    "RescaleSlope": st.sampled_from(DS_VALUES),
+    "RescaleIntercept": st.sampled_from(DS_VALUES),
+    "Modality": st.sampled_from(["CT", "MR", "CR", "NM", ""]),
+    "PixelPaddingValue": st.integers(0, 4095),
+    "WindowWidth": st.sampled_from(DS_VALUES),
+    "WindowCenter": st.sampled_from(DS_VALUES),
+}
+
+
+def _native_length(ds: Dataset) -> int:
+    """The bytes of pixel data the (possibly changed) header describes, or 0 if it cannot say."""
+    try:
+        frames = max(int(ds.get("NumberOfFrames", 1) or 1), 1)
+        return max(int(ds.Rows) * int(ds.Columns) * frames * int(ds.BitsAllocated) // 8, 0)
+    except (TypeError, ValueError, AttributeError):
+        return 0
+
+
 @st.composite
 def drawn_dicom(draw: st.DrawFn) -> bytes:
     ds = b.ct_dataset(rows=draw(st.integers(1, 24)), cols=draw(st.integers(1, 24)))
-    true_rows, true_cols = ds.Rows, ds.Columns
-    choices: dict[str, st.SearchStrategy[Any]] = {
-        "Rows": st.integers(0, 40),
-        "Columns": st.integers(0, 40),
-        "BitsAllocated": st.sampled_from([1, 8, 12, 16, 32, 64]),
-        "BitsStored": st.integers(0, 40),
-        "HighBit": st.integers(0, 40),
-        "PixelRepresentation": st.integers(0, 2),
-        "SamplesPerPixel": st.integers(0, 4),
-        "PhotometricInterpretation": st.sampled_from(PHOTOMETRIC),
-        "NumberOfFrames": st.integers(-1, 4).map(str),
-        "RescaleSlope": st.sampled_from(DS_VALUES),
-        "RescaleIntercept": st.sampled_from(DS_VALUES),
-        "Modality": st.sampled_from(["CT", "MR", "CR", "NM", ""]),
-        "PixelPaddingValue": st.integers(0, 4095),
-        "WindowWidth": st.sampled_from(DS_VALUES),
-    }
-    for keyword in draw(st.sets(st.sampled_from(sorted(choices)), max_size=4)):
-        setattr(ds, keyword, draw(choices[keyword]))
-    for keyword in draw(
-        st.sets(
-            st.sampled_from(["RescaleSlope", "Modality", "SOPClassUID", "BitsStored", "PixelData"]),
-            max_size=1,
-        )
-    ):
+    original_length = len(ds.PixelData)
+    for group, most in ((LAYOUT, 2), (VALUES, 3)):
+        for keyword in draw(st.sets(st.sampled_from(sorted(group)), max_size=most)):
+            setattr(ds, keyword, draw(group[keyword]))
+    removable = ["RescaleSlope", "Modality", "SOPClassUID", "BitsStored", "PixelData"]
+    for keyword in draw(st.sets(st.sampled_from(removable), max_size=1)):
         delattr(ds, keyword)
     if draw(st.integers(0, 9)) == 0:
         ds.ModalityLUTSequence = _lut_sequence(
@@ -264,10 +281,8 @@ def drawn_dicom(draw: st.DrawFn) -> bytes:
         tag = pydicom.datadict.tag_for_keyword(keyword)
         ds[tag] = DataElement(tag, vr, value)
     if "PixelData" in ds and ds["PixelData"].VR != "LO":
-        frames, depth = draw(st.integers(1, 3)), draw(st.sampled_from([1, 2]))
-        consistent = true_rows * true_cols * frames * depth
-        length = draw(st.one_of(st.just(consistent), st.integers(0, 3000)))
-        ds.PixelData = np.random.default_rng(draw(st.integers(0, 2**32 - 1))).bytes(length)
+        lengths = st.sampled_from([_native_length(ds), original_length]) | st.integers(0, 3000)
+        ds.PixelData = np.random.default_rng(draw(st.integers(0, 2**32 - 1))).bytes(draw(lengths))
     try:
         return b.dicom_bytes(ds, draw(st.sampled_from(SYNTAXES)))
     except Exception:  # pydicom cannot write every combination (a value too large for its VR)
