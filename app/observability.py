@@ -14,7 +14,7 @@ import re
 import uuid
 import warnings
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 from app.inference.registry import ModelRegistry
 
@@ -65,6 +65,9 @@ class Telemetry:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        # process_resident_memory_bytes, CPU seconds, open files: the figures a leak or a stuck
+        # worker shows up in first (docs/THREAT_MODEL.md).
+        ProcessCollector(registry=self.registry)
         labels = ("modality", "model")
         self.phase_seconds = Histogram(
             "denoise_phase_seconds",

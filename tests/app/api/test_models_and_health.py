@@ -53,7 +53,7 @@ def test_not_ready_when_the_models_folder_is_missing(tmp_path: Path) -> None:
 def sample(text: str, name: str, **labels: str) -> float:
     """The value of one Prometheus sample, 0 when it is absent."""
     for line in text.splitlines():
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+        if line.startswith((name + "{", name + " ")) and all(f'{k}="{v}"' in line for k, v in labels.items()):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
 
@@ -94,6 +94,7 @@ def test_prometheus_histograms_move_after_a_request(client: TestClient) -> None:
         == 1
     )
     assert "\ndenoise_in_flight 0.0\n" in after
+    assert sample(after, "process_resident_memory_bytes") > 0  # the process's own figures too
 
 
 def test_openapi_documents_the_contract(client: TestClient) -> None:
