@@ -6,6 +6,10 @@ fixed seed from the test volumes, which no model trained or validated on). The c
 methods' one parameter is tuned on the validation split at the default level; BM3D and the
 wavelet method are given the true noise standard deviation of each noisy image. Writes
 ``docs/EVALUATION.md`` and ``docs/evaluation.json``, and the test metrics into each model card.
+
+Reduced-precision variants (``models/<modality>/unet-int8``, made by ``training/quantize.py``) stay
+out of those tables: ``--variant unet-int8`` scores each against its fp32 model on the same noisy
+test images instead, and times both with the service's session options, taking turns.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ class Scored:
     seconds_per_megapixel: float
 
 
-def _config_from_card(card: ModelCard, crop: int) -> TrainConfig:
+def config_from_card(card: ModelCard, crop: int) -> TrainConfig:
     """A config carrying what the degradation and split code need, taken from the served card."""
     noise = card.noise_model
     return TrainConfig(
@@ -103,12 +107,26 @@ def _session(path: Path, threads: int) -> Any:
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
+def fp32_model_dirs(models_dir: Path, modality: str) -> list[Path]:
+    """The modality's full-precision models. A reduced-precision variant shares its model's
+    architecture, so in tables keyed by architecture it would take that model's place."""
+    return sorted(p.parent for p in (models_dir / modality).glob("*/model.onnx")
+                  if read_card(p.parent).precision == "fp32")
+
+
+def held_out_images(prepared: Path, config: TrainConfig, level: float, slices: int) -> list[ValidationImage]:
+    """The held-out noisy images at ``level``: the same for every method, model and run."""
+    level_config = config.model_copy(update={"noise": config.noise.model_copy(update={"default_level": level})})
+    return validation_set(prepared, level_config, seed=TEST_SEED, max_slices_per_volume=slices, split="test",
+                          min_images_per_volume=slices)
+
+
 def evaluate_modality(modality: str, models_dir: Path, prepared: Path, slices: int, crop: int, threads: int,
                       skip: set[str]) -> dict[str, Any]:
-    model_dirs = sorted(p.parent for p in (models_dir / modality).glob("*/model.onnx"))
+    model_dirs = fp32_model_dirs(models_dir, modality)
     cards = {read_card(d).architecture: (d, read_card(d)) for d in model_dirs}
     reference_card = next((c for _, c in cards.values() if c.default), next(iter(cards.values()))[1])
-    config = _config_from_card(reference_card, crop)
+    config = config_from_card(reference_card, crop)
     spec = reference_card.normalisation
     predictors = {arch: onnx_predictor(_session(d / "model.onnx", threads)) for arch, (d, _) in cards.items()}
     # Each model is fed through its own card's normalisation (the CT models' windows differ).
@@ -126,9 +144,7 @@ def evaluate_modality(modality: str, models_dir: Path, prepared: Path, slices: i
 
     levels: dict[str, Any] = {}
     for level_name, level in config.noise.evaluation_levels.items():
-        level_config = config.model_copy(update={"noise": config.noise.model_copy(update={"default_level": level})})
-        images = validation_set(prepared, level_config, seed=TEST_SEED, max_slices_per_volume=slices, split="test",
-                                min_images_per_volume=slices)
+        images = held_out_images(prepared, config, level, slices)
         table: dict[str, list[Scored]] = {"noisy input": [], **{m.name: [] for m in methods},
                                           **{arch: [] for arch in predictors}}
         for image in images:
@@ -197,15 +213,133 @@ def write_markdown(results: list[dict[str, Any]], path: Path, command: str) -> N
     path.write_text("\n".join(lines) + "\n")
 
 
+def card_levels(result: dict[str, Any], method: str) -> dict[str, Any]:
+    """One method's rows of an evaluation result, as a card's ``test_metrics.levels``."""
+    return {name: {"level": lvl["level"], "images": lvl["images"], **lvl["methods"][method],
+                   "noisy_input_psnr": lvl["methods"]["noisy input"]["psnr"]}
+            for name, lvl in result["levels"].items()}
+
+
 def update_cards(result: dict[str, Any], command: str) -> None:
     for arch, directory in result["models"].items():
         card = read_card(Path(directory))
-        test = {name: {"level": lvl["level"], "images": lvl["images"], **lvl["methods"][arch],
-                       "noisy_input_psnr": lvl["methods"]["noisy input"]["psnr"]}
-                for name, lvl in result["levels"].items()}
         write_card(Path(directory), card.model_copy(update={"test_metrics": {
-            "command": command, "test_volumes": result["test_volumes"], "levels": test,
+            "command": command, "test_volumes": result["test_volumes"], "levels": card_levels(result, arch),
             "comparison_at_default_level": result["verdict"]}}))
+
+
+def service_session(path: Path, threads: int) -> Any:
+    """A CPU session with the options the service builds (``app/inference/registry.py``), so a
+    timing is the one a request would see."""
+    import onnxruntime as ort
+
+    from app.inference.registry import session_options
+    from app.settings import Settings
+
+    # model_construct: the service's defaults without reading DENOISE_* from this environment, where
+    # the training tools' own DENOISE_DATA_CACHE would be refused as an unknown service setting.
+    settings = Settings.model_construct(intra_op_threads=threads)
+    return ort.InferenceSession(str(path), session_options(settings), providers=["CPUExecutionProvider"])
+
+
+def alternating_latency_ms(predictors: dict[str, UnitPredictor], batch: np.ndarray, repeats: int) -> dict[str, float]:
+    """Median milliseconds per call of each predictor on ``batch``. The predictors take turns, in
+    alternating order, so a busy moment on the machine slows each of them alike."""
+    for predict in predictors.values():
+        predict(batch)
+    seconds: dict[str, list[float]] = {name: [] for name in predictors}
+    for turn in range(repeats):
+        for name in list(predictors)[:: 1 if turn % 2 == 0 else -1]:
+            started = time.perf_counter()
+            predictors[name](batch)
+            seconds[name].append(time.perf_counter() - started)
+    return {name: round(1000 * float(np.median(values)), 1) for name, values in seconds.items()}
+
+
+def timing_input(image: ValidationImage, spec: NormalisationSpec, size: int) -> np.ndarray:
+    """A (1, 1, size, size) model input cut from a test image, mirrored out where the image is
+    smaller: ONNX Runtime's time depends on the size, not on the content."""
+    unit = to_unit_range(image.noisy, window_for(image.noisy, spec))
+    while min(unit.shape) < size:
+        unit = np.pad(unit, [(0, max(0, min(size - n, n))) for n in unit.shape], mode="symmetric")
+    return np.ascontiguousarray(unit[:size, :size], dtype=np.float32)[np.newaxis, np.newaxis]
+
+
+def evaluate_variant(reference_dir: Path, variant_dir: Path, prepared: Path, slices: int, crop: int, threads: int,
+                     repeats: int, timing_size: int = 512) -> dict[str, Any]:
+    """A reduced-precision variant against its fp32 model: both on the same noisy test images at
+    every evaluation level, then the median time of each on one ``timing_size`` square image."""
+    cards = [read_card(reference_dir), read_card(variant_dir)]
+    reference, variant = cards
+    sessions = [service_session(d / c.file, threads) for d, c in zip((reference_dir, variant_dir), cards)]
+    predictors = {card.id: onnx_predictor(session) for card, session in zip(cards, sessions)}
+    config = config_from_card(reference, crop)
+    levels: dict[str, Any] = {}
+    for level_name, level in config.noise.evaluation_levels.items():
+        images = held_out_images(prepared, config, level, slices)
+        table = {"noisy input": [score(i.clean, i.noisy, reference.modality, 0.0) for i in images]}
+        for card in cards:
+            outputs = [model_denoise(predictors[card.id], i, card.normalisation) for i in images]
+            table[card.id] = [score(i.clean, out, reference.modality, seconds)
+                              for i, (out, seconds) in zip(images, outputs)]
+        levels[level_name] = {"level": level, "images": len(images),
+                              "methods": {name: _mean(scores) for name, scores in table.items()}}
+        log.info("%s against %s, %s (%s): %s", variant.id, reference.id, level_name, level,
+                 {k: v["psnr"] for k, v in levels[level_name]["methods"].items()})
+    latency = alternating_latency_ms(predictors, timing_input(images[0], reference.normalisation, timing_size), repeats)
+    megapixels = timing_size * timing_size / 1e6
+    return {"modality": reference.modality, "reference": reference.id, "variant": variant.id,
+            "default_level": config.noise.default_level, "test_volumes": sorted({i.volume_id for i in images}),
+            "crop": crop, "levels": levels, "timing_size": timing_size, "timing_repeats": repeats,
+            "ms_per_image": latency, "ms_per_megapixel": {k: round(v / megapixels, 1) for k, v in latency.items()},
+            "speedup": round(latency[reference.id] / latency[variant.id], 2)}
+
+
+def variant_comparison(result: dict[str, Any]) -> dict[str, Any]:
+    """The variant's change against its fp32 model at every level (negative: the variant is worse)."""
+    reference, variant = result["reference"], result["variant"]
+    deltas = {name: {"psnr_delta_db": round(lvl["methods"][variant]["psnr"] - lvl["methods"][reference]["psnr"], 4),
+                     "ssim_delta": round(lvl["methods"][variant]["ssim"] - lvl["methods"][reference]["ssim"], 4)}
+              for name, lvl in result["levels"].items()}
+    default = next(lvl for lvl in result["levels"].values() if lvl["level"] == result["default_level"])
+    return {"reference_model": reference,
+            "reference_psnr": default["methods"][reference]["psnr"],
+            "reference_ssim": default["methods"][reference]["ssim"],
+            "psnr": default["methods"][variant]["psnr"], "ssim": default["methods"][variant]["ssim"],
+            "deltas_by_level": deltas, "ms_per_image": result["ms_per_image"][variant],
+            "reference_ms_per_image": result["ms_per_image"][reference], "timing_size": result["timing_size"],
+            "speedup_over_reference": result["speedup"]}
+
+
+def variant_test_metrics(result: dict[str, Any], command: str) -> dict[str, Any]:
+    """``test_metrics`` for a variant's card: the fp32 card's shape, compared with the fp32 model."""
+    return {"command": command, "test_volumes": result["test_volumes"],
+            "levels": card_levels(result, result["variant"]),
+            "comparison_at_default_level": variant_comparison(result)}
+
+
+def reference_dir(models_dir: Path, variant: ModelCard) -> Path:
+    """The fp32 model a variant was made from: same modality, same architecture."""
+    found = [d for d in fp32_model_dirs(models_dir, variant.modality)
+             if read_card(d).architecture == variant.architecture]
+    if len(found) != 1:
+        raise ValueError(f"{variant.id}: expected one fp32 {variant.architecture} model for {variant.modality}, "
+                         f"found {len(found)}")
+    return found[0]
+
+
+def evaluate_variants(args: argparse.Namespace, command: str) -> None:
+    for modality in args.modality or ["ct", "mr", "xray"]:
+        directory = args.models / modality / args.variant
+        if not (directory / "model.onnx").is_file():
+            log.info("%s: no %s model, nothing to evaluate", modality, args.variant)
+            continue
+        result = evaluate_variant(reference_dir(args.models, read_card(directory)), directory, args.prepared,
+                                  args.slices, args.crop, args.threads, args.repeats)
+        if not args.no_card_update:
+            card = read_card(directory)
+            write_card(directory, card.model_copy(update={"test_metrics": variant_test_metrics(result, command)}))
+        print(modality, json.dumps(variant_comparison(result)))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -221,9 +355,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip", action="append", default=[], help="classical methods to leave out")
     parser.add_argument("--no-card-update", action="store_true")
+    parser.add_argument("--variant", help="instead: score models/<modality>/VARIANT (e.g. unet-int8) against "
+                                          "its fp32 model, writing only the variant's card")
+    parser.add_argument("--repeats", type=int, default=20, help="timed calls per model, with --variant")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     command = "python -m training.evaluate" + "".join(f" --modality {m}" for m in args.modality or [])
+    if args.variant:
+        evaluate_variants(args, command + f" --variant {args.variant}")
+        return
     results = []
     for modality in args.modality or ["ct", "mr", "xray"]:
         result = evaluate_modality(modality, args.models, args.prepared, args.slices, args.crop, args.threads,

@@ -50,6 +50,11 @@ class ModelCard(BaseModel):
     id: str = Field(description="unique model id, e.g. ct-unet")
     modality: Modality
     architecture: str
+    # Reduced-precision variants (training/quantize.py) keep their fp32 model's architecture and
+    # contract; the service serves them alike, so only the card tells them apart.
+    precision: Literal["fp32", "fp16", "int8"] = Field(
+        default="fp32", description="arithmetic the ONNX graph computes in; the tensors are float32 either way"
+    )
     version: str
     default: bool = Field(description="served when a request names no model for this modality")
     file: str = "model.onnx"
