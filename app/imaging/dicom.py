@@ -44,7 +44,7 @@ from app.imaging import dicom_checks, dicom_derive
 from app.imaging.dicom_checks import READ_ERRORS, PixelLayout
 from app.imaging.dicom_derive import LossyCompression, Provenance
 from app.imaging.dicom_lut import ModalityLUT, invert_monochrome1, modality_luts, units_name
-from app.imaging.image import Image, StoredRange
+from app.imaging.image import UNITS_LIMIT, Image, StoredRange, within_units_limit
 from app.inference.card import Modality
 
 MEDIA_TYPE = "application/dicom"
@@ -217,7 +217,7 @@ def _modality_luts(
             "The DICOM modality LUT (Rescale Slope / Intercept or Modality LUT Sequence) cannot be "
             "read; send a valid header."
         ) from None
-    dicom_checks.check_luts_finite(luts, *layout.stored_limits)
+    dicom_checks.check_luts_bounded(luts, *layout.stored_limits)
     return luts, units
 
 
@@ -241,11 +241,11 @@ def decode(data: bytes, modality: Modality | None, max_pixels: int) -> Image:
     meta = DicomMeta(ds, photometric, stored_values.dtype, luts, padding, lossy, layout.stored_limits)
     if photometric == "MONOCHROME1":
         frames = invert_monochrome1(frames, _units_ranges(meta))
-    if not np.isfinite([frames.min(), frames.max()]).all():  # min and max carry any NaN or inf
-        # Finite LUT ends can still overflow: mirroring MONOCHROME1 adds them (1e308 + 1e308).
+    if not within_units_limit(frames.min(), frames.max()):  # min and max carry any NaN
+        # Stored values beyond Bits Stored's range escape the LUT check above.
         raise InvalidImage(
-            "The DICOM pixel values map through the modality LUT to numbers too large to hold; "
-            "send a valid header."
+            "The DICOM pixel values map through the modality LUT to numbers that are not finite "
+            f"or beyond +-{UNITS_LIMIT:g}; send a valid header."
         )
     first = luts[0]
     return Image(

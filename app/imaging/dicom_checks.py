@@ -13,19 +13,19 @@ the upload. So each of these is checked here first, and every failure is a domai
   describes; trailing bytes beyond it must be zero padding;
 * each encapsulated JPEG, JPEG-LS or JPEG 2000 frame must declare Rows x Columns and one
   component in its own header (``codestream``);
-* the modality LUT must give finite values.
+* the modality LUT must give numbers within ``image.UNITS_LIMIT``.
 """
 
 from __future__ import annotations
 
 import io
 import itertools
-import math
 import struct
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
@@ -43,6 +43,7 @@ from pydicom.uid import (
 from app.errors import ImageTooLarge, InvalidImage, MissingPixelData, UnsupportedImage
 from app.imaging.codestream import DeclaredSize, j2k_size, jpeg_size
 from app.imaging.dicom_lut import ModalityLUT
+from app.imaging.image import UNITS_LIMIT, within_units_limit
 
 # What pydicom and the standard library raise for bytes that are not what the header says.
 READ_ERRORS = (
@@ -282,11 +283,15 @@ def check_frame_sizes(ds: Dataset, syntax: UID, layout: PixelLayout) -> None:
         ) from None
 
 
-def check_luts_finite(luts: tuple[ModalityLUT, ...], low: int, high: int) -> None:
-    """Every stored value must map to a finite number of units (NaN or huge Rescale Slope do not)."""
+def check_luts_bounded(luts: tuple[ModalityLUT, ...], low: int, high: int) -> None:
+    """Every stored value must map to a number within ``UNITS_LIMIT`` (NaN or a Rescale Slope of
+    1e308 do not)."""
     for lut in luts:
-        if not all(math.isfinite(end) for end in lut.units_range(low, high)):
+        with np.errstate(over="ignore", invalid="ignore"):
+            ends = lut.units_range(low, high)
+        if not within_units_limit(*ends):
             raise InvalidImage(
                 "The DICOM modality LUT (Rescale Slope / Intercept or Modality LUT Sequence) maps "
-                "pixel values to numbers that are not finite; send a valid header."
+                f"pixel values to numbers that are not finite or beyond +-{UNITS_LIMIT:g}; send a "
+                "valid header."
             )

@@ -16,6 +16,17 @@ from app.inference.card import Modality
 
 ImageFormat = Literal["png", "dicom"]
 
+# The largest magnitude of a pixel in units the service accepts. No modality comes near it (CT
+# spans thousands of HU, MR and X-ray stored values at most 2^32), and below it every sum,
+# difference and square the models, tiles, metrics and previews take stays finite in float64;
+# a header whose rescale goes beyond it (Rescale Intercept 1e308) describes no image.
+UNITS_LIMIT = 1e30
+
+
+def within_units_limit(low: float, high: float) -> bool:
+    """Whether the units ``low`` to ``high`` are numbers and within +-``UNITS_LIMIT``."""
+    return bool(-UNITS_LIMIT <= low <= high <= UNITS_LIMIT)
+
 
 @dataclass(frozen=True)
 class StoredRange:

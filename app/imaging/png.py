@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 
 from app.errors import ImageTooLarge, InvalidImage, InvalidRequest, UnsupportedImage
-from app.imaging.image import Image, StoredRange
+from app.imaging.image import UNITS_LIMIT, Image, StoredRange, within_units_limit
 from app.inference.card import Modality
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -80,12 +80,12 @@ def _stored_range(
             raise InvalidRequest("rescale_intercept must be a finite number.", code="invalid_rescale")
         intercept = rescale_intercept
     stored = StoredRange(bits_stored=bit_depth, signed=False, slope=slope, intercept=intercept)
-    with np.errstate(over="ignore"):
+    with np.errstate(over="ignore", invalid="ignore"):
         ends = stored.units_range()
-    if not all(np.isfinite(ends)):
+    if not within_units_limit(*ends):
         raise InvalidRequest(
-            "rescale_slope and rescale_intercept map this PNG's values beyond the largest number "
-            "the service can hold; send a smaller slope or intercept.",
+            f"rescale_slope and rescale_intercept map this PNG's values beyond +-{UNITS_LIMIT:g}, "
+            "further than any modality's units; send a smaller slope or intercept.",
             code="invalid_rescale",
         )
     return stored, units

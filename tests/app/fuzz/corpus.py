@@ -373,6 +373,13 @@ FIELD_CASES = [
         {"modality": "ct", "rescale_intercept": "inf"},
     ),
     Case(
+        "rescale intercept 1e300",
+        _small_png,
+        422,
+        "invalid_rescale",
+        {"modality": "mr", "rescale_intercept": "1e300"},
+    ),
+    Case(
         "rescale slope not a number",
         _small_png,
         422,
@@ -440,6 +447,14 @@ REGRESSION_CASES: list[Case] = [
         # decoded to infinities (found by test_dicom_with_drawn_header_values).
         "regression: MONOCHROME1 with Rescale Intercept 1e308",
         _ct(PhotometricInterpretation="MONOCHROME1", RescaleIntercept="1e308"),
+        *BAD_DICOM,
+        NONE,
+    ),
+    Case(
+        # Finite pixels, but the preview's percentile window (low + high) / 2 overflowed to
+        # infinity (found by test_dicom_with_drawn_header_values, FUZZ_EXAMPLES=2000).
+        "regression: MR with Rescale Intercept 1e308",
+        _ct(Modality="MR", RescaleIntercept="1e308"),
         *BAD_DICOM,
         NONE,
     ),
