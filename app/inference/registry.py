@@ -73,8 +73,13 @@ class ModelRegistry:
         if name is None:
             return self._default(modality, candidates)
         for model in candidates:
-            if name in (model.card.id, model.card.architecture):
+            if name == model.card.id:
                 return model
+        # An architecture can name a family (a U-Net in fp32 and in int8): the modality's default
+        # first, then full precision, whatever order the folders were read in.
+        family = [m for m in candidates if m.card.architecture == name]
+        if family:
+            return min(family, key=lambda m: (not m.card.default, m.card.precision != "fp32", m.card.id))
         other = self.models.get(name)
         if other is not None:
             raise ModelNotFound(

@@ -10,10 +10,11 @@ import onnxruntime as ort
 import pytest
 
 from app.errors import ModelNotFound, ModelUnavailable
+from app.inference.card import read_card, write_card
 from app.inference.engine import Denoiser, PhaseTimer
 from app.inference.registry import ModelRegistry, load_registry, session_options
 from app.settings import Settings
-from tests.tiny_models import MEAN_3X3, write_model
+from tests.tiny_models import MEAN_3X3, write_model, write_model_set
 
 
 def test_every_model_is_loaded_with_the_provider_it_got(settings: Settings) -> None:
@@ -102,3 +103,18 @@ def test_session_options_follow_the_settings(models_dir: Path) -> None:
     assert default.get_session_config_entry("session.force_spinning_stop") == "1"
     kept = session_options(Settings(models_dir=models_dir, ort_spin_stop_after_run=False))
     assert kept.get_session_config_entry("session.force_spinning_stop") == "0"
+
+
+def test_an_architecture_name_picks_the_default_then_full_precision(tmp_path: Path) -> None:
+    root = write_model_set(tmp_path / "models")
+    # Read before ct/unet (folders load in name order), same architecture, int8, not the default.
+    variant = write_model(tmp_path / "models", "ct", "a-unet-int8", default=False)
+    card = read_card(variant).model_copy(update={"id": "ct-unet-int8", "architecture": "unet", "precision": "int8"})
+    write_card(variant, card)
+    registry = load_registry(Settings(models_dir=root))
+    assert list(registry.models).index("ct-unet-int8") < list(registry.models).index("ct-unet")
+    assert registry.resolve("ct", "unet").card.id == "ct-unet"
+    assert registry.resolve("ct", "ct-unet-int8").card.precision == "int8"  # an id names exactly one
+    # Without a default in the family, full precision still wins over int8.
+    write_card(root / "ct" / "unet", read_card(root / "ct" / "unet").model_copy(update={"default": False}))
+    assert load_registry(Settings(models_dir=root)).resolve("ct", "unet").card.id == "ct-unet"
