@@ -22,7 +22,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from tests.faulty_models import write_faulty_model
+from tests.faulty_models import FAILING_ABOVE, write_faulty_model
 from tests.files import png_bytes
 from tests.load_client import Case, judge, metric_total, metrics_of, phantom, post_case, same_png, served
 from tests.tiny_models import write_model, write_model_set
@@ -91,6 +91,19 @@ def test_a_model_failing_on_an_image_fails_that_request_only(faulty: tuple[httpx
     assert "[fault-1] request failed: inference_failed (500)" in text
     # Type names only: neither ONNX Runtime's exception text nor a traceback reaches the log.
     assert "[ONNXRuntimeError]" not in text and "Traceback" not in text
+
+
+def test_a_model_failing_on_an_oip_tensor_answers_in_the_protocols_error_shape(
+    faulty: tuple[httpx.Client, Path],
+) -> None:
+    client, _ = faulty
+    tensor = {"name": "noisy", "shape": [1, 1, 16, 16], "datatype": "FP32", "data": [FAILING_ABOVE * 2] * 256}
+    request = {"inputs": [tensor]}
+    answer = client.post("/v2/models/ct-unet/infer", json=request, headers={"X-Request-Id": "oip-fault-1"})
+    assert answer.status_code == 500 and answer.headers["x-request-id"] == "oip-fault-1"
+    assert list(answer.json()) == ["error"] and "request id" in answer.json()["error"]
+    tensor["data"] = [0.5] * 256
+    assert client.post("/v2/models/ct-unet/infer", json={"inputs": [tensor]}).status_code == 200
 
 
 def test_a_bad_image_does_not_fail_the_good_one_that_shared_its_batch(

@@ -42,7 +42,7 @@ from app.api.schemas import (
     ServerMetadataResponse,
     ServerReadyResponse,
 )
-from app.errors import ServiceBusy
+from app.errors import InferenceFailed, ServiceBusy
 from app.imaging.dicom_derive import SOFTWARE_NAME, SOFTWARE_VERSION
 from app.inference.registry import LoadedModel, ModelRegistry
 
@@ -100,6 +100,11 @@ _INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
         "description": "the output holds NaN or infinite values, which JSON cannot carry (binary can)",
     },
     404: _MODEL_ERRORS[404],
+    500: {
+        "model": OipErrorResponse,
+        "description": "the model failed on this tensor (inference_failed); the message carries the "
+        "request id to quote",
+    },
     503: {
         "model": OipErrorResponse,
         "description": "the model is not served, or its queue is full (service_busy: see Retry-After)",
@@ -258,6 +263,8 @@ async def infer(
             output, queued = await pipeline.infer(card.id, job.tensor)
         except ServiceBusy as busy:
             raise OipError(busy.detail, 503, busy.code, {"Retry-After": str(busy.retry_after_s)}) from busy
+        except InferenceFailed as failed:  # the protocol's error shape, not /v1's
+            raise OipError(failed.detail, 500, failed.code) from failed
         seconds = time.perf_counter() - started
         content, headers = await anyio.to_thread.run_sync(
             encode_infer_response, card.id, MODEL_VERSION, card.output.name, output, job
