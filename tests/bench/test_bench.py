@@ -10,6 +10,7 @@ import pytest
 
 from bench.cases import ct_cases, radiograph_case
 from bench.loadgen import LoadResult, percentile_ms
+from bench.paired import main as paired_main
 from bench.run import main, parse_counts, parse_settings
 from bench.service import MetricsDelta, parse_metrics
 
@@ -72,3 +73,16 @@ def test_a_smoke_run_reports_every_scenario(models_dir: Path, tmp_path: Path) ->
     assert case["service"]["4"]["statuses"] == {"200": 4}
     assert case["service"]["4"]["phases_ms"]["infer"] > 0
     assert any("concurrency 4 throughput" in line for line in result["targets"])
+
+
+@pytest.mark.slow
+def test_the_paired_run_reports_each_sides_median_and_the_service_phases(
+    models_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert paired_main(["--models-dir", str(models_dir), "--pairs", "3", "--cases", "ct-512-dicom"]) == 0
+    header, _, row = capsys.readouterr().out.strip().splitlines()
+    cells = dict(zip(header.strip("| ").split(" | "), row.strip("| ").split(" | "), strict=True))
+    assert cells["case"] == "ct-512-dicom" and cells["pairs"] == "3"
+    assert float(cells["direct p50 ms"]) > 0 and float(cells["service p50 ms"]) > 0
+    float(cells["p50 of (service - direct) ms"])  # a number, whatever its sign on a busy machine
+    assert float(cells["infer ms"]) > 0 and float(cells["decode ms"]) > 0  # from the service's metrics
