@@ -97,6 +97,10 @@ class DenoisePipeline:
         batcher.check_capacity(int(batch.shape[0]))
         return await anyio.to_thread.run_sync(batcher.submit, batch, limiter=self.waiting)
 
+    def stopped_models(self) -> list[str]:
+        """Models whose batcher thread died of a bug: they can no longer serve."""
+        return sorted(i for i, d in self.denoisers.items() if d.batcher.stopped)
+
     def close(self) -> None:
         for denoiser in self.denoisers.values():
             denoiser.close()

@@ -27,6 +27,7 @@ import logging
 import math
 import threading
 import time
+import traceback
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
@@ -35,7 +36,7 @@ from typing import Protocol
 
 import numpy as np
 
-from app.errors import ServiceBusy
+from app.errors import ModelUnavailable, ServiceBusy
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +101,8 @@ class MicroBatcher:
         self._preparing = 0
         self._closed = False
         self._seconds_per_tile = 0.0  # running estimate, for Retry-After
+        self._stopped_by: BaseException | None = None  # a bug that ended the collector thread
+        self._in_hand: list[_Item] = []
         self._worker = threading.Thread(target=self._serve, name=f"batcher-{name}", daemon=True)
         self._worker.start()
 
@@ -143,6 +146,8 @@ class MicroBatcher:
         with self._condition:
             if self._closed:
                 raise RuntimeError(f"batcher {self.name} is closed")
+            if self._stopped_by is not None:
+                raise self._unavailable()
             self._refuse_if_full(item.tiles)
             self._queue.append(item)
             self._queued_tiles += item.tiles
@@ -169,6 +174,18 @@ class MicroBatcher:
     @property
     def queued_tiles(self) -> int:
         return self._queued_tiles
+
+    @property
+    def stopped(self) -> bool:
+        """Whether the collector thread died of a bug (not closed): nothing can run any more."""
+        return self._stopped_by is not None
+
+    def _unavailable(self) -> ModelUnavailable:
+        return ModelUnavailable(
+            f"Model '{self.name}' cannot run: its inference worker stopped on an internal error "
+            f"({type(self._stopped_by).__name__}); /readyz reports it. Use another model or restart "
+            "the service."
+        )
 
     def _refuse_if_full(self, tiles: int) -> None:
         if self._queued_tiles + tiles <= self.max_queue:
@@ -207,6 +224,7 @@ class MicroBatcher:
                 self._condition.wait()
             deadline = self._queue[0].enqueued + self.max_delay_s
             batch: list[_Item] = []
+            self._in_hand = batch  # taken off the queue, not yet answered
             while True:
                 self._take(batch)
                 full = sum(i.tiles for i in batch) >= self.max_batch
@@ -216,6 +234,22 @@ class MicroBatcher:
                 self._condition.wait(remaining)
 
     def _serve(self) -> None:
+        try:
+            self._serve_until_closed()
+        except BaseException as error:
+            # A bug here would otherwise leave every queued and later request waiting forever:
+            # fail them now, refuse new ones, and let /readyz say so.
+            stack = "".join(traceback.format_tb(error.__traceback__))  # not the message: it may quote data
+            logger.error("batcher %s stopped: %s\n%s", self.name, type(error).__name__, stack)
+            with self._condition:
+                self._stopped_by = error
+                waiting, self._queue = [*self._in_hand, *self._queue], deque()
+                self._queued_tiles = 0
+            for item in waiting:
+                if not item.future.done():
+                    item.future.set_exception(self._unavailable())
+
+    def _serve_until_closed(self) -> None:
         while True:
             batch = self._collect()
             if batch is None:

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from app.api.deps import RegistryDep, TelemetryDep
+from app.api.deps import PipelineDep, RegistryDep, TelemetryDep
 from app.api.routes.models import unserved_info
 from app.api.schemas import NotReadyResponse, ReadyResponse
 
@@ -25,21 +25,28 @@ async def healthz() -> dict[str, str]:
 
 @router.get(
     "/readyz",
-    summary="Readiness: at least one model is loaded",
+    summary="Readiness: at least one model is loaded and every model's inference worker runs",
     response_model=ReadyResponse,
-    responses={503: {"model": NotReadyResponse, "description": "no model loaded; the detail says why"}},
+    responses={503: {"model": NotReadyResponse, "description": "no model loaded, or a model's inference worker stopped; the detail says why"}},
 )
-async def readyz(registry: RegistryDep) -> ReadyResponse | JSONResponse:
+async def readyz(registry: RegistryDep, pipeline: PipelineDep) -> ReadyResponse | JSONResponse:
     unserved = unserved_info(registry)
-    if not registry.models:
+    stopped = pipeline.stopped_models()
+    if not registry.models or stopped:
         reasons = (
             "; ".join(f"{u.path}: {u.reason}" for u in unserved)
             or f"no model found under {registry.models_dir}"
         )
+        detail = f"No model is loaded ({reasons})."
+        if stopped:  # a bug stopped a model's inference worker: only a restart brings it back
+            detail = (
+                f"The inference worker of {', '.join(stopped)} stopped on an internal error; "
+                "restart the service."
+            )
         return JSONResponse(
             {
                 "error": "not_ready",
-                "detail": f"No model is loaded ({reasons}).",
+                "detail": detail,
                 "unserved": [u.model_dump() for u in unserved],
             },
             status_code=503,

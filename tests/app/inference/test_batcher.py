@@ -13,7 +13,7 @@ import anyio
 import numpy as np
 import pytest
 
-from app.errors import ServiceBusy
+from app.errors import ModelUnavailable, ServiceBusy
 from app.inference.batcher import MicroBatcher
 from app.inference.engine import Denoiser, PhaseTimer
 from app.inference.registry import load_registry
@@ -330,3 +330,22 @@ def test_the_pipeline_runs_a_raw_tensor_through_the_batcher(models_dir) -> None:
         assert queued >= 0
     finally:
         pipeline.close()
+
+
+class Panic(BaseException):
+    """Like pyo3's PanicException: not an Exception, so the model-failure path does not catch it."""
+
+
+def test_a_worker_stopped_by_a_bug_fails_its_waiters_and_refuses_new_work(
+    make_batcher: Callable[..., MicroBatcher],
+) -> None:
+    def panicking(batch: np.ndarray) -> np.ndarray:
+        raise Panic("a bug")
+
+    batcher = make_batcher(panicking, max_delay_s=0)
+    waiting = in_daemon_thread(batcher.submit, tiles(1))  # a hang would fail here, not stall
+    with pytest.raises(ModelUnavailable, match="inference worker stopped"):
+        waiting.result(10)
+    assert batcher.stopped and batcher.queued_tiles == 0
+    with pytest.raises(ModelUnavailable, match="Panic"):
+        batcher.submit(tiles(2))
