@@ -101,6 +101,16 @@ class DenoisePipeline:
         """Models whose batcher thread died of a bug: they can no longer serve."""
         return sorted(i for i, d in self.denoisers.items() if d.batcher.stopped)
 
+    def not_ready_reason(self) -> str | None:
+        """Why the service is not ready, or None: the one rule /readyz and /v2/health/ready share."""
+        stopped = self.stopped_models()
+        if stopped:  # a bug stopped a model's inference worker: only a restart brings it back
+            return f"The inference worker of {', '.join(stopped)} stopped on an internal error; restart the service."
+        if not self.registry.models:
+            reasons = "; ".join(f"{u.path}: {u.reason}" for u in self.registry.unserved)
+            return f"No model is loaded ({reasons or f'no model found under {self.registry.models_dir}'})."
+        return None
+
     def close(self) -> None:
         for denoiser in self.denoisers.values():
             denoiser.close()

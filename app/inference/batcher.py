@@ -259,6 +259,8 @@ class MicroBatcher:
                     if self._queue:
                         self._take(batch)
                 self._run_batch(batch)
+            # Answered: its inputs (up to max_batch tiles) are not kept alive while the next batch forms.
+            self._in_hand = batch = []
 
     def _run_batch(self, batch: list[_Item]) -> None:
         started = time.perf_counter()

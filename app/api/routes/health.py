@@ -31,24 +31,10 @@ async def healthz() -> dict[str, str]:
 )
 async def readyz(registry: RegistryDep, pipeline: PipelineDep) -> ReadyResponse | JSONResponse:
     unserved = unserved_info(registry)
-    stopped = pipeline.stopped_models()
-    if not registry.models or stopped:
-        reasons = (
-            "; ".join(f"{u.path}: {u.reason}" for u in unserved)
-            or f"no model found under {registry.models_dir}"
-        )
-        detail = f"No model is loaded ({reasons})."
-        if stopped:  # a bug stopped a model's inference worker: only a restart brings it back
-            detail = (
-                f"The inference worker of {', '.join(stopped)} stopped on an internal error; "
-                "restart the service."
-            )
+    reason = pipeline.not_ready_reason()
+    if reason is not None:
         return JSONResponse(
-            {
-                "error": "not_ready",
-                "detail": detail,
-                "unserved": [u.model_dump() for u in unserved],
-            },
+            {"error": "not_ready", "detail": reason, "unserved": [u.model_dump() for u in unserved]},
             status_code=503,
         )
     return ReadyResponse(status="ready", models=len(registry.models), unserved=unserved)

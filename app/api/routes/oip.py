@@ -59,7 +59,9 @@ ModelName = Annotated[
         openapi_examples={"ct-unet": {"value": "ct-unet", "summary": "the default CT model"}},
     ),
 ]
-_NOT_READY = {503: {"model": OipErrorResponse, "description": "no model is loaded"}}
+_NOT_READY = {
+    503: {"model": OipErrorResponse, "description": "no model is loaded, or a model's inference worker stopped"}
+}
 _MODEL_ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"model": OipErrorResponse, "description": "no such model, or no such version of it"},
     503: {
@@ -169,13 +171,14 @@ async def live() -> dict[str, bool]:
 
 @router.get(
     "/health/ready",
-    summary="Readiness: at least one model is loaded",
+    summary="Readiness: at least one model is loaded and every model's inference worker runs",
     response_model=None,
     responses={200: {"model": ServerReadyResponse}, **_NOT_READY},
 )
-async def ready(request: Request, registry: RegistryDep) -> dict[str, bool] | JSONResponse:
-    if not registry.models:
-        return _error(request, OipError("No model is loaded; GET /readyz says why.", 503, "not_ready"))
+async def ready(request: Request, pipeline: PipelineDep) -> dict[str, bool] | JSONResponse:
+    reason = pipeline.not_ready_reason()  # the same rule as /readyz
+    if reason is not None:
+        return _error(request, OipError(reason, 503, "not_ready"))
     return {"ready": True}
 
 

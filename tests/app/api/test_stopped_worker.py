@@ -30,9 +30,12 @@ def test_a_stopped_worker_makes_its_model_unavailable_and_the_service_not_ready(
         again = client.post("/v1/denoise", files={"file": ("x.png", image)}, data={"modality": "ct"})
         other = client.post("/v1/denoise", files={"file": ("x.png", image)}, data={"modality": "mr"})
         ready = client.get("/readyz")
+        protocol_ready = client.get("/v2/health/ready")
     for answer in (first, again):
         assert answer.status_code == 503 and answer.json()["error"] == "model_unavailable"
         assert "ct-unet" in answer.json()["detail"]
     assert other.status_code == 200
     assert ready.status_code == 503 and ready.json()["error"] == "not_ready"
     assert "inference worker of ct-unet stopped" in ready.json()["detail"]
+    # The Open Inference Protocol's readiness follows the same rule, in its own error shape.
+    assert protocol_ready.status_code == 503 and "ct-unet" in protocol_ready.json()["error"]
