@@ -47,14 +47,17 @@ def model_input(model: LoadedModel, units: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.pad(unit, pad, mode="reflect"))[np.newaxis, np.newaxis]
 
 
-def bare_session(model: LoadedModel) -> ort.InferenceSession:
+def bare_session(model: LoadedModel, config: dict[str, str] | None = None) -> ort.InferenceSession:
     """ONNX Runtime with its default options on the model file, on the service's provider.
 
     Only the thread count is set, to every core as the service's default: ONNX Runtime's own
     default counts physical cores, which on a small virtual machine can be half of them.
+    ``config`` adds session config entries (``bench.paired`` stops the spinning after each call).
     """
     options = ort.SessionOptions()
     options.intra_op_num_threads = os.cpu_count() or 1
+    for key, value in (config or {}).items():
+        options.add_session_config_entry(key, value)
     return ort.InferenceSession(str(model.path), options, providers=[model.execution_provider])
 
 

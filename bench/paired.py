@@ -24,22 +24,20 @@ import numpy as np
 import onnxruntime as ort
 
 from app.inference.registry import LoadedModel, load_registry
+from app.observability import PHASES as SERVICE_PHASES
 from app.settings import Settings
 from bench.baselines import bare_session, model_input
 from bench.cases import Case, ct_cases
 from bench.service import MetricsDelta, running_service, scrape
 
 REPO = Path(__file__).resolve().parents[1]
-PHASES = ("decode", "queue", "preprocess", "infer", "postprocess", "encode")
+# The service's phases; the runs send metrics=none, so that phase is left out.
+PHASES = tuple(p for p in SERVICE_PHASES if p != "metrics")
 
 
 def quiet_session(model: LoadedModel) -> ort.InferenceSession:
     """The bare session, its threads stopping their spin when a call returns."""
-    session = bare_session(model)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = session.get_session_options().intra_op_num_threads
-    options.add_session_config_entry("session.force_spinning_stop", "1")
-    return ort.InferenceSession(str(model.path), options, providers=[model.execution_provider])
+    return bare_session(model, {"session.force_spinning_stop": "1"})
 
 
 def pair_differences(

@@ -28,6 +28,7 @@ import numpy as np
 import onnxruntime as ort
 
 from app.inference.registry import LoadedModel, load_registry
+from app.observability import PHASES
 from app.settings import Settings
 from bench.baselines import Timing, bare_session, model_input, time_classical, time_direct
 from bench.cases import Case, ct_cases, radiograph_case
@@ -39,7 +40,6 @@ REPO = Path(__file__).resolve().parents[1]
 FULL_SMALL = {1: 30, 4: 60, 16: 96}  # 512 x 512: requests per concurrency
 FULL_LARGE = {1: 4, 4: 8, 16: 16}  # 2048 x 2048
 QUICK = {1: 2, 4: 4, 16: 16}
-PHASES = ("decode", "queue", "preprocess", "infer", "postprocess", "metrics", "encode")
 BATCH_FOR_BASELINE = 4
 
 
