@@ -1,0 +1,63 @@
+"""Write 8- and 16-bit grayscale PNG files fast: numpy filters the rows, ISA-L deflates them.
+
+Encoding is the largest step of a request after the model (docs/BENCHMARKS.md): OpenCV's libpng
+with zlib took about 9 ms for a 16-bit 512 x 512 slice at its fastest lossless setting, on this
+two-core machine. A PNG is simple to write (PNG spec, 3rd edition: signature, IHDR, IDAT, IEND)
+and the slow part, deflate, is what Intel's ISA-L does several times faster than zlib at the
+same ratio (``isal``, the Python bindings that ``xopen`` and ``dnaio`` use). So:
+
+* every row is filtered with the Up filter (type 2: each byte minus the byte above it) in one
+  vectorised numpy subtraction; on CT slices and radiographs Up compresses as well as libpng's
+  adaptive choice (within 5%), Sub compresses worse and Paeth costs more to compute than it saves;
+* the filtered bytes are deflated by ISA-L at its default level into one zlib stream, the
+  format IDAT requires; the stream is split into IDAT chunks of at most ``IDAT_CHUNK`` bytes;
+* no ancillary chunks: readers assume nothing about gamma or colour space for grayscale data,
+  and the service's PNG carries no units (README, "PNG units").
+
+Decoding stays with OpenCV: a reader must handle every filter, interlacing and damaged files.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+import numpy as np
+from isal import isal_zlib
+
+SIGNATURE = b"\x89PNG\r\n\x1a\n"
+IDAT_CHUNK = 1 << 20  # readers accept any split; large chunks keep the per-chunk CRCs negligible
+_FILTER_UP = 2
+_GRAYSCALE = 0
+# ISA-L's default: measured on the benchmark's CT slice as fast as level 1 and 1% smaller.
+_LEVEL = 2
+
+
+def _chunk(kind: bytes, data: bytes | memoryview) -> bytes:
+    crc = zlib.crc32(data, zlib.crc32(kind))
+    return struct.pack(">I", len(data)) + kind + bytes(data) + struct.pack(">I", crc)
+
+
+def filtered_rows(pixels: np.ndarray) -> np.ndarray:
+    """The PNG scanlines of a 2-D uint8 or uint16 image, each led by its filter byte (Up)."""
+    big_endian = pixels.astype(pixels.dtype.newbyteorder(">"), copy=False)  # PNG samples are MSB first
+    rows = np.ascontiguousarray(big_endian).view(np.uint8).reshape(pixels.shape[0], -1)
+    lines = np.empty((rows.shape[0], rows.shape[1] + 1), dtype=np.uint8)
+    lines[:, 0] = _FILTER_UP
+    lines[0, 1:] = rows[0]  # the row above the first is taken as zeros
+    np.subtract(rows[1:], rows[:-1], out=lines[1:, 1:])  # modulo 256, as the filter is defined
+    return lines
+
+
+def encode_grayscale(pixels: np.ndarray) -> bytes:
+    """A non-interlaced grayscale PNG of a 2-D ``uint8`` (8-bit) or ``uint16`` (16-bit) array."""
+    if pixels.ndim != 2 or pixels.dtype not in (np.uint8, np.uint16) or 0 in pixels.shape:
+        raise ValueError(f"expected a non-empty 2-D uint8 or uint16 image, got {pixels.dtype} {pixels.shape}")
+    height, width = pixels.shape
+    bit_depth = 8 * pixels.dtype.itemsize
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, _GRAYSCALE, 0, 0, 0)
+    stream = memoryview(isal_zlib.compress(filtered_rows(pixels), _LEVEL))
+    parts = [SIGNATURE, _chunk(b"IHDR", header)]
+    parts.extend(_chunk(b"IDAT", stream[i : i + IDAT_CHUNK]) for i in range(0, len(stream), IDAT_CHUNK))
+    parts.append(_chunk(b"IEND", b""))
+    return b"".join(parts)
