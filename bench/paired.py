@@ -8,7 +8,9 @@ overhead itself) cancels in each pair's difference.
 The direct session has ONNX Runtime's default options plus the service's
 ``session.force_spinning_stop``, so that its threads do not spin on into the service's request;
 only one of the two processes works at any moment. Printed: the median of each side and the median
-of the per-pair differences, and the service's own phase split from its metrics.
+of the per-pair differences, and the medians of the service's own phase split, read from each
+request's ``Server-Timing`` header: the model call inside the service against the direct call of
+the same pair, and the time outside every phase (client, HTTP, multipart, response).
 """
 
 from __future__ import annotations
@@ -17,10 +19,10 @@ import argparse
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import numpy as np
 import onnxruntime as ort
 
 from app.inference.registry import LoadedModel, load_registry
@@ -28,7 +30,7 @@ from app.observability import PHASES as SERVICE_PHASES
 from app.settings import Settings
 from bench.baselines import bare_session, model_input
 from bench.cases import Case, ct_cases
-from bench.service import MetricsDelta, running_service, scrape
+from bench.service import running_service
 
 REPO = Path(__file__).resolve().parents[1]
 # The service's phases; the runs send metrics=none, so that phase is left out.
@@ -40,30 +42,59 @@ def quiet_session(model: LoadedModel) -> ort.InferenceSession:
     return bare_session(model, {"session.force_spinning_stop": "1"})
 
 
-def pair_differences(
+def server_timing(header: str) -> dict[str, float]:
+    """Seconds per phase from a ``Server-Timing`` header (``decode;dur=6.1, infer;dur=140.2``)."""
+    phases: dict[str, float] = {}
+    for entry in header.split(","):
+        name, _, duration = entry.strip().partition(";dur=")
+        if name and duration:
+            phases[name] = float(duration) / 1000
+    return phases
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One direct call and the service request after it, with the request's own phase split."""
+
+    direct: float
+    service: float
+    phases: dict[str, float]
+
+    @property
+    def outside_phases(self) -> float:
+        """Client, HTTP, multipart parsing and response: what no phase of the service times."""
+        return self.service - sum(self.phases.values())
+
+
+def run_pairs(
     client: httpx.Client, case: Case, model: LoadedModel, session: ort.InferenceSession, pairs: int
-) -> tuple[list[float], list[float]]:
-    """(direct seconds, service seconds) for ``pairs`` alternating calls, after a warm-up of each."""
+) -> list[Pair]:
+    """``pairs`` alternating calls, after a warm-up of each (the first calls are slow)."""
     feed = {model.card.input.name: model_input(model, case.units)}
     outputs = [model.card.output.name]
     files = {"file": (case.upload.name, case.upload.content)}
 
-    def request() -> None:
+    def request() -> dict[str, float]:
         answer = client.post("/v1/denoise", files=files, data=case.upload.fields)
         answer.raise_for_status()
+        return server_timing(answer.headers["server-timing"])
 
     for _ in range(2):
         session.run(outputs, feed)
         request()
-    direct, service = [], []
+    measured = []
     for _ in range(pairs):
         started = time.perf_counter()
         session.run(outputs, feed)
-        direct.append(time.perf_counter() - started)
+        direct = time.perf_counter() - started
         started = time.perf_counter()
-        request()
-        service.append(time.perf_counter() - started)
-    return direct, service
+        phases = request()
+        measured.append(Pair(direct, time.perf_counter() - started, phases))
+    return measured
+
+
+def median_ms(values: list[float]) -> float:
+    return statistics.median(values) * 1000
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,27 +106,27 @@ def main(argv: list[str] | None = None) -> int:
 
     registry = load_registry(Settings(models_dir=args.models_dir))
     cases = [c for c in ct_cases("none") if c.name in args.cases.split(",")]
-    print("| case | pairs | direct p50 ms | service p50 ms | p50 of (service - direct) ms | "
-          + " | ".join(f"{p} ms" for p in PHASES) + " |")
-    print("| --- " * (5 + len(PHASES)) + "|")
+    columns = [
+        "case", "pairs", "direct p50 ms", "service p50 ms", "p50 of (service - direct) ms",
+        *(f"{p} ms" for p in PHASES), "p50 of (infer - direct) ms", "outside the phases ms",
+    ]
+    print("| " + " | ".join(columns) + " |")
+    print("| --- " * len(columns) + "|")
     with tempfile.TemporaryDirectory() as scratch, running_service(
         args.models_dir, Path(scratch) / "service.log", {}
     ) as base_url, httpx.Client(base_url=base_url, timeout=120) as client:
         for case in cases:
             model = registry.resolve(case.modality, None)  # type: ignore[arg-type]
-            session = quiet_session(model)
-            before = scrape(base_url)
-            direct, service = pair_differences(client, case, model, session, args.pairs)
-            delta = MetricsDelta(before, scrape(base_url))
-            split = delta.phase_ms(model.card.id)
-            phases = [split.get(p, float("nan")) for p in PHASES]
-            differences = np.subtract(service, direct)
-            print(
-                f"| {case.name} | {args.pairs} | {statistics.median(direct) * 1000:.0f} | "
-                f"{statistics.median(service) * 1000:.0f} | {float(np.median(differences)) * 1000:.1f} | "
-                + " | ".join(f"{p:.1f}" for p in phases)
-                + " |"
-            )
+            pairs = run_pairs(client, case, model, quiet_session(model), args.pairs)
+            cells = [
+                median_ms([p.direct for p in pairs]),
+                median_ms([p.service for p in pairs]),
+                median_ms([p.service - p.direct for p in pairs]),
+                *(median_ms([p.phases.get(phase, 0.0) for p in pairs]) for phase in PHASES),
+                median_ms([p.phases.get("infer", 0.0) - p.direct for p in pairs]),
+                median_ms([p.outside_phases for p in pairs]),
+            ]
+            print(f"| {case.name} | {len(pairs)} | " + " | ".join(f"{c:.1f}" for c in cells) + " |")
     return 0
 
 
