@@ -38,6 +38,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import generate_frames
 from pydicom.pixels import get_decoder
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian
+from pydicom.valuerep import VR
 
 from app.errors import ImageTooLarge, InvalidImage, UnsupportedImage
 from app.imaging import dicom_checks, dicom_derive
@@ -315,11 +316,30 @@ def _decode_every_value(ds: Dataset, big_endian: bool) -> None:
             element.value = np.frombuffer(element.value, f">u{size}").astype(f"<u{size}").tobytes()
 
 
+def header_copy(source: Dataset) -> Dataset:
+    """A copy of ``source`` that writing the derived instance may change without touching it.
+
+    Every top-level element is a new element holding the same value, so assigning a value (all
+    that ``dicom_derive`` does at the top level) leaves the source alone; values are replaced,
+    never changed in place. Sequences are where items are changed in place (the functional
+    groups of enhanced objects, big-endian word swaps): those are copied whole. A deep copy of
+    the whole header took 4-6 ms for a CT slice, a third of writing it (docs/BENCHMARKS.md).
+    The source's preamble is not copied: the derived file's preamble is zeros.
+    """
+    ds = Dataset()
+    implicit, little = source.original_encoding
+    if implicit is not None and little is not None:
+        ds.set_original_encoding(implicit, little, source.original_character_set)
+    for element in source:  # iterating converts raw elements, so the copies are decoded ones
+        ds.add(copy.deepcopy(element) if element.VR == VR.SQ else copy.copy(element))
+    return ds
+
+
 def encode(image: Image, provenance: Provenance, now: datetime | None = None) -> bytes:
     """A derived instance holding ``image.frames``, made by the model ``provenance`` names."""
     meta: DicomMeta = image.meta
     source = meta.dataset
-    ds = copy.deepcopy(source)
+    ds = header_copy(source)
     _decode_every_value(ds, big_endian=not _syntax(source).is_little_endian)
     stored = stored_values_of(image)
     dicom_derive.mark_derived(ds, source, provenance, meta.lossy, now or datetime.now())

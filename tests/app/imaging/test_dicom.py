@@ -362,11 +362,27 @@ def test_enhanced_objects_carry_the_derivation_in_their_functional_groups() -> N
     assert derived.PerFrameFunctionalGroupsSequence == source.PerFrameFunctionalGroupsSequence
 
 
-def test_the_source_dataset_is_not_modified() -> None:
-    image = dicom.decode(dicom_file("CT_small.dcm"), None, max_pixels=10**6)
+@pytest.mark.parametrize("name", ["CT_small.dcm", "eCT_Supplemental.dcm", "MR_small_bigendian.dcm"])
+def test_the_source_dataset_is_not_modified(name: str) -> None:
+    # Classic, enhanced (functional groups changed in place) and big-endian (words swapped).
+    image = dicom.decode(dicom_file(name), None, max_pixels=10**7)
     before = image.meta.dataset.to_json_dict()
-    dicom.encode(image, PROVENANCE)
+    first = dicom.encode(image, PROVENANCE)
     assert image.meta.dataset.to_json_dict() == before
+    assert dicom.encode(image, PROVENANCE)[128:] == first[128:]  # encoding again writes the same
+
+
+def test_header_copy_shares_no_element_that_writing_changes() -> None:
+    source = pydicom.dcmread(io.BytesIO(dicom_file("eCT_Supplemental.dcm")))
+    copied = dicom.header_copy(source)
+    assert copied.to_json_dict() == source.to_json_dict()
+    copied.PatientName = "Changed^Name"
+    copied.SharedFunctionalGroupsSequence[0].CTImageFrameTypeSequence[0].FrameType = ["CHANGED"]
+    del copied.PerFrameFunctionalGroupsSequence[0].FrameContentSequence
+    assert source.PatientName != "Changed^Name"
+    assert source.SharedFunctionalGroupsSequence[0].CTImageFrameTypeSequence[0].FrameType[0] == "DERIVED"
+    assert "FrameContentSequence" in source.PerFrameFunctionalGroupsSequence[0]
+    assert copied.original_encoding == source.original_encoding
 
 
 def test_colour_is_refused_with_what_is_supported() -> None:
