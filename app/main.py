@@ -15,6 +15,7 @@ import anyio.to_thread
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
+from app.allocator import keep_freed_memory
 from app.api import errors
 from app.api.cors import add_cors
 from app.api.middleware import RequestContextMiddleware, UploadLimitMiddleware
@@ -38,6 +39,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
+            if settings.keep_freed_memory:
+                keep_freed_memory()
             if settings.metrics_port is not None:
                 # Before the models: a port in use stops the start-up at once, not minutes later.
                 server = MetricsServer(telemetry.registry, settings.metrics_host, settings.metrics_port)

@@ -76,6 +76,11 @@ class Settings(BaseSettings):
     ort_memory_arena: bool = Field(
         default=True, description="ONNX Runtime's CPU memory arena (reuses buffers between calls)"
     )
+    keep_freed_memory: bool = Field(
+        default=True,
+        description="fixed glibc malloc thresholds (app/allocator.py), so the image arrays of one "
+        "request reuse the memory of the last instead of faulting fresh pages in",
+    )
     max_concurrent_inferences: int = Field(
         default=1,
         ge=1,

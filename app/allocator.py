@@ -1,0 +1,50 @@
+"""Keep freed memory in the process for the next request instead of handing it back to the kernel.
+
+glibc's malloc serves every block of 128 KiB or more with its own ``mmap`` (its threshold grows
+only as such blocks are freed, and worker threads allocate from their own arenas), and gives it
+back with ``munmap`` when it is freed. Every numpy array of an image is such a block, so each
+request faulted its pages in again: on this virtual machine, 2-3 ms for each 2 MB array of a
+512 x 512 slice, more than the arithmetic on it (docs/BENCHMARKS.md, "Freed memory"). Fixed
+thresholds make those blocks come from the heap, where freed memory is reused at once.
+
+Only glibc (Linux) has ``mallopt``; elsewhere this does nothing and says so.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+
+logger = logging.getLogger(__name__)
+
+# mallopt(3) parameters, from glibc's malloc.h.
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+# glibc refuses an mmap threshold above HEAP_MAX_SIZE / 2, which is 32 MiB on 64-bit systems.
+MMAP_THRESHOLD_BYTES = 32 << 20
+# Free memory at the top of the heap beyond this goes back to the kernel.
+TRIM_THRESHOLD_BYTES = 256 << 20
+
+
+def keep_freed_memory() -> bool:
+    """Set glibc's mmap and trim thresholds (process-wide); whether it took effect."""
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError, TypeError):
+        logger.info("no glibc mallopt here; the allocator's thresholds are left as they are")
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    applied = mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) == 1
+    applied = mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES) == 1 and applied
+    if applied:
+        logger.info(
+            "malloc keeps freed memory for reuse: mmap threshold %d MiB, trim threshold %d MiB",
+            MMAP_THRESHOLD_BYTES >> 20,
+            TRIM_THRESHOLD_BYTES >> 20,
+        )
+    else:
+        logger.warning("mallopt refused the allocator's thresholds; they are left as they are")
+    return applied
