@@ -1,7 +1,7 @@
 """One denoise request end to end, off the event loop: bytes -> units -> model -> units -> bytes.
 
-Every CPU-bound step (decoding, inference, metrics, encoding) runs in a worker thread; the event
-loop only awaits. Inference goes through each model's micro-batcher (``app/inference/batcher``):
+Every CPU-bound step (decoding, inference, metrics, encoding) runs in one worker thread per
+request; the event loop only awaits it. Inference goes through each model's micro-batcher (``app/inference/batcher``):
 concurrent requests share ONNX Runtime calls, and at most ``max_concurrent_inferences`` calls run
 at once across models, because each session already uses every core it is given. The wait for a
 batch is the ``queue`` phase. A full batch queue answers 503 before the image is even prepared.
@@ -152,7 +152,7 @@ class DenoisePipeline:
             )
         return image.modality, model
 
-    async def _reference(self, request: DenoiseRequest, image: Image) -> Image | None:
+    def _reference(self, request: DenoiseRequest, image: Image) -> Image | None:
         if request.metrics == "all" and request.reference is None:
             raise InvalidRequest(
                 "metrics=all compares with a clean image: attach it as the 'reference' file, or "
@@ -161,7 +161,7 @@ class DenoisePipeline:
             )
         if request.reference is None or request.metrics == "none":
             return None
-        clean = await anyio.to_thread.run_sync(self._decode, request.reference, request, image.modality)
+        clean = self._decode(request.reference, request, image.modality)
         if clean.frames.shape != image.frames.shape:
             raise InvalidRequest(
                 f"The reference has shape {clean.frames.shape[1:]} x {clean.frames.shape[0]} "
@@ -206,10 +206,10 @@ class DenoisePipeline:
         timer.add("encode", started)
         return metrics, content
 
-    async def run(self, request: DenoiseRequest, labels: RequestLabels) -> DenoiseOutcome:
+    def _run(self, request: DenoiseRequest, labels: RequestLabels) -> DenoiseOutcome:
         timer = PhaseTimer()
         started = time.perf_counter()
-        image = await anyio.to_thread.run_sync(self._decode, request.data, request, request.modality)
+        image = self._decode(request.data, request, request.modality)
         started = timer.add("decode", started)
         modality, model = self._choose_model(request, image)
         labels.modality, labels.model = modality, model.card.id
@@ -217,21 +217,9 @@ class DenoisePipeline:
         denoiser.batcher.check_capacity()
         ticket = denoiser.batcher.announce()
         try:
-            clean = await self._reference(request, image)
+            clean = self._reference(request, image)
             timer.add("decode", started)
-            # One worker thread from here on: model, metrics and encoding without hops back
-            # to the event loop in between.
-            metrics, content = await anyio.to_thread.run_sync(
-                self._denoise_and_encode,
-                request,
-                image,
-                clean,
-                model,
-                denoiser,
-                ticket,
-                timer,
-                limiter=self.waiting,
-            )
+            metrics, content = self._denoise_and_encode(request, image, clean, model, denoiser, ticket, timer)
         finally:
             denoiser.batcher.withdraw(ticket)
         return DenoiseOutcome(
@@ -244,3 +232,9 @@ class DenoisePipeline:
             seconds=timer.seconds,
             pixels=image.pixel_count,
         )
+
+    async def run(self, request: DenoiseRequest, labels: RequestLabels) -> DenoiseOutcome:
+        # One worker thread from the bytes in to the bytes out: each trip through the event loop
+        # between steps cost a thread hand-off at concurrency 1 and, under load, a wait behind
+        # other requests' callbacks. Its limiter is the one for threads that wait on a batch.
+        return await anyio.to_thread.run_sync(self._run, request, labels, limiter=self.waiting)

@@ -11,6 +11,10 @@ same ratio (``isal``, the Python bindings that ``xopen`` and ``dnaio`` use). So:
   adaptive choice (within 5%), Sub compresses worse and Paeth costs more to compute than it saves;
 * the filtered bytes are deflated by ISA-L at its default level into one zlib stream, the
   format IDAT requires; the stream is split into IDAT chunks of at most ``IDAT_CHUNK`` bytes;
+* an image of more than ``PARALLEL_MIN_BYTES`` is deflated in parts on several threads (ISA-L
+  releases the GIL), as pigz does: each part but the last ends on a full flush, so the raw
+  deflate parts join into one valid stream, framed by one zlib header and the Adler-32 of the
+  whole. Between model calls the cores are otherwise idle: a 512 x 512 slice 3.4 -> 2.2 ms;
 * no ancillary chunks: readers assume nothing about gamma or colour space for grayscale data,
   and the service's PNG carries no units (README, "PNG units").
 
@@ -19,8 +23,11 @@ Decoding stays with OpenCV: a reader must handle every filter, interlacing and d
 
 from __future__ import annotations
 
+import os
 import struct
 import zlib
+from concurrent.futures import ThreadPoolExecutor
+from functools import cache
 
 import numpy as np
 from isal import isal_zlib
@@ -31,6 +38,36 @@ _FILTER_UP = 2
 _GRAYSCALE = 0
 # ISA-L's default: measured on the benchmark's CT slice as fast as level 1 and 1% smaller.
 _LEVEL = 2
+# Below this a single thread is as fast: a part must outweigh the hand-off to another thread.
+PARALLEL_MIN_BYTES = 256 << 10
+_MAX_PARTS = 4
+_ZLIB_HEADER = b"\x78\x01"  # deflate, 32 KiB window, no dictionary (RFC 1950); readers ignore FLEVEL
+
+
+_WORKERS = min(_MAX_PARTS, os.cpu_count() or 1)
+
+
+@cache
+def _deflate_pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=_WORKERS, thread_name_prefix="png-deflate")
+
+
+def _raw_deflate(part: memoryview, last: bool) -> bytes:
+    compressor = isal_zlib.compressobj(_LEVEL, isal_zlib.DEFLATED, -15)  # raw deflate: no framing
+    return compressor.compress(part) + compressor.flush(isal_zlib.Z_FINISH if last else isal_zlib.Z_FULL_FLUSH)
+
+
+def zlib_stream(data: np.ndarray) -> bytes:
+    """``data``'s bytes as one zlib stream, deflated in parts on several threads when large."""
+    flat = memoryview(np.ascontiguousarray(data).reshape(-1))
+    parts = min(_WORKERS, len(flat) // PARALLEL_MIN_BYTES)
+    if parts < 2:
+        return isal_zlib.compress(flat, _LEVEL)
+    bounds = [len(flat) * i // parts for i in range(parts + 1)]
+    pieces = [flat[start:end] for start, end in zip(bounds, bounds[1:])]
+    deflated = _deflate_pool().map(_raw_deflate, pieces, [i == parts - 1 for i in range(parts)])
+    checksum = struct.pack(">I", isal_zlib.adler32(flat))
+    return b"".join([_ZLIB_HEADER, *deflated, checksum])
 
 
 def _chunk(kind: bytes, data: bytes | memoryview) -> bytes:
@@ -56,7 +93,7 @@ def encode_grayscale(pixels: np.ndarray) -> bytes:
     height, width = pixels.shape
     bit_depth = 8 * pixels.dtype.itemsize
     header = struct.pack(">IIBBBBB", width, height, bit_depth, _GRAYSCALE, 0, 0, 0)
-    stream = memoryview(isal_zlib.compress(filtered_rows(pixels), _LEVEL))
+    stream = memoryview(zlib_stream(filtered_rows(pixels)))
     parts = [SIGNATURE, _chunk(b"IHDR", header)]
     parts.extend(_chunk(b"IDAT", stream[i : i + IDAT_CHUNK]) for i in range(0, len(stream), IDAT_CHUNK))
     parts.append(_chunk(b"IEND", b""))

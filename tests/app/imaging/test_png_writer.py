@@ -88,3 +88,21 @@ def test_a_non_contiguous_view_is_written_as_its_values() -> None:
 def test_refuses_what_is_not_a_grayscale_image(pixels: np.ndarray) -> None:
     with pytest.raises(ValueError):
         png_writer.encode_grayscale(pixels)
+
+
+@pytest.mark.parametrize("size", [png_writer.PARALLEL_MIN_BYTES * 2 + 3, png_writer.PARALLEL_MIN_BYTES * 9 + 1])
+def test_a_stream_deflated_in_parts_is_one_valid_zlib_stream(size: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(png_writer, "_WORKERS", 4)
+    data = np.random.default_rng(size).integers(0, 40, size=size, dtype=np.uint8)  # compressible
+    stream = png_writer.zlib_stream(data)
+    assert zlib.decompress(stream) == data.tobytes()  # zlib checks the Adler-32 trailer too
+    single = zlib.compress(data.tobytes(), 1)
+    assert len(stream) < 1.2 * len(single)
+
+
+def test_a_large_image_written_in_parts_reads_back() -> None:
+    pixels = np.random.default_rng(5).normal(2000, 40, size=(700, 600)).astype(np.uint16)
+    assert pixels.nbytes > 2 * png_writer.PARALLEL_MIN_BYTES
+    opencv, pillow = read_both(png_writer.encode_grayscale(pixels))
+    np.testing.assert_array_equal(opencv, pixels)
+    np.testing.assert_array_equal(pillow.astype(np.uint16), pixels)
