@@ -2,8 +2,8 @@
 the service, repeated, so that the machine's drift (on a shared virtual machine, larger than the
 overhead itself) cancels in each pair's difference.
 
-    python -m bench.paired                 # both 512 x 512 CT cases, 40 pairs each
-    python -m bench.paired --pairs 100 --cases ct-512-dicom
+    python -m bench.paired                 # both 512 x 512 CT cases, 40 pairs each, 6 rounds
+    python -m bench.paired --pairs 100 --cases ct-512-dicom --rounds 0
 
 The direct session has ONNX Runtime's default options plus the service's
 ``session.force_spinning_stop``, so that its threads do not spin on into the service's request;
@@ -11,6 +11,11 @@ only one of the two processes works at any moment. Printed: the median of each s
 of the per-pair differences, and the medians of the service's own phase split, read from each
 request's ``Server-Timing`` header: the model call inside the service against the direct call of
 the same pair, and the time outside every phase (client, HTTP, multipart, response).
+
+Throughput is compared the same way: rounds of direct calls (batch 1 and batch 4, ONNX Runtime's
+default options) and a burst of requests at concurrency 4, alternating, each round giving the
+service's images per second over the faster direct way; the median round is reported with the
+lowest and highest, so a slow minute of the machine moves one round, not the verdict.
 """
 
 from __future__ import annotations
@@ -25,11 +30,12 @@ from pathlib import Path
 import httpx
 import onnxruntime as ort
 
-from app.inference.registry import LoadedModel, load_registry
+from app.inference.registry import LoadedModel, ModelRegistry, load_registry
 from app.observability import PHASES as SERVICE_PHASES
 from app.settings import Settings
-from bench.baselines import bare_session, model_input
+from bench.baselines import bare_session, model_input, time_direct
 from bench.cases import Case, ct_cases
+from bench.loadgen import run_load
 from bench.service import running_service
 
 REPO = Path(__file__).resolve().parents[1]
@@ -93,6 +99,40 @@ def run_pairs(
     return measured
 
 
+@dataclass(frozen=True)
+class Round:
+    """One round of the throughput comparison: direct calls, then the service under load."""
+
+    direct_batch_1: float  # images per second
+    direct_batch_4: float
+    service: float
+
+    @property
+    def ratio(self) -> float:
+        """The service against the faster direct way, as the target reads it."""
+        return self.service / max(self.direct_batch_1, self.direct_batch_4)
+
+
+def run_rounds(
+    base_url: str, case: Case, model: LoadedModel, rounds: int, concurrency: int, requests: int
+) -> list[Round]:
+    """``rounds`` times: direct batch 1 and batch 4 on ``requests`` images each, then ``requests``
+    requests at ``concurrency``; the direct session has ONNX Runtime's default options (threads
+    keep spinning between calls: its fastest for back-to-back calls)."""
+    session = bare_session(model)
+    array = model_input(model, case.units)
+    run_load(base_url, case.upload, concurrency, concurrency)  # warm-up
+    measured = []
+    for _ in range(rounds):
+        single = time_direct(model, session, array, calls=requests, warmup=1)
+        batched = time_direct(model, session, array, calls=max(1, requests // 4), batch=4, warmup=1)
+        load = run_load(base_url, case.upload, concurrency, requests)
+        if load.errors:
+            raise RuntimeError(f"{load.errors} requests failed: {load.statuses}")
+        measured.append(Round(single.throughput, batched.throughput, load.throughput))
+    return measured
+
+
 def median_ms(values: list[float]) -> float:
     return statistics.median(values) * 1000
 
@@ -102,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models-dir", type=Path, default=REPO / "models")
     parser.add_argument("--pairs", type=int, default=40)
     parser.add_argument("--cases", default="ct-512-png,ct-512-dicom")
+    parser.add_argument("--rounds", type=int, default=6, help="throughput rounds per case (0: none)")
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--round-requests", type=int, default=16, help="requests (and direct images) per round")
     args = parser.parse_args(argv)
 
     registry = load_registry(Settings(models_dir=args.models_dir))
@@ -127,7 +170,33 @@ def main(argv: list[str] | None = None) -> int:
                 median_ms([p.outside_phases for p in pairs]),
             ]
             print(f"| {case.name} | {len(pairs)} | " + " | ".join(f"{c:.1f}" for c in cells) + " |")
+        if args.rounds:
+            print_rounds(base_url, cases, registry, args)
     return 0
+
+
+def print_rounds(base_url: str, cases: list[Case], registry: ModelRegistry, args: argparse.Namespace) -> None:
+    print(f"\nThroughput at concurrency {args.concurrency}, in alternating rounds of "
+          f"{args.round_requests} images:\n")
+    columns = [
+        "case", "rounds", "direct batch 1 img/s", "direct batch 4 img/s", "service img/s",
+        "service / best direct (median of rounds)", "lowest round", "highest round",
+    ]
+    print("| " + " | ".join(columns) + " |")
+    print("| --- " * len(columns) + "|")
+    for case in cases:
+        model = registry.resolve(case.modality, None)  # type: ignore[arg-type]
+        rounds = run_rounds(base_url, case, model, args.rounds, args.concurrency, args.round_requests)
+        ratios = [r.ratio for r in rounds]
+        cells = [
+            f"{statistics.median(r.direct_batch_1 for r in rounds):.2f}",
+            f"{statistics.median(r.direct_batch_4 for r in rounds):.2f}",
+            f"{statistics.median(r.service for r in rounds):.2f}",
+            f"{statistics.median(ratios):.0%}",
+            f"{min(ratios):.0%}",
+            f"{max(ratios):.0%}",
+        ]
+        print(f"| {case.name} | {len(rounds)} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
