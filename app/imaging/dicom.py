@@ -28,6 +28,7 @@ from __future__ import annotations
 import copy
 import io
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -222,6 +223,16 @@ def _modality_luts(
     return luts, units
 
 
+def _per_frame(
+    luts: tuple[ModalityLUT, ...], frames: np.ndarray, apply: Callable[[ModalityLUT, np.ndarray], np.ndarray]
+) -> np.ndarray:
+    """``apply`` each frame's LUT to its frame; one call on the whole stack when every frame has
+    the same LUT (every single-frame image, most multi-frame ones), which saves a copy of it."""
+    if all(lut is luts[0] for lut in luts):
+        return apply(luts[0], frames)
+    return np.stack([apply(lut, frame) for lut, frame in zip(luts, frames, strict=True)])
+
+
 def decode(data: bytes, modality: Modality | None, max_pixels: int) -> Image:
     ds = _read(data, max_pixels)
     layout = dicom_checks.pixel_layout(ds)
@@ -234,7 +245,7 @@ def decode(data: bytes, modality: Modality | None, max_pixels: int) -> Image:
     modality = modality or modality_of(ds)
     luts, units = _modality_luts(ds, layout, _UNITS[modality] if modality else "stored value")
     stored_values = _decode_pixels(ds, layout)
-    frames = np.stack([lut.to_units(frame) for lut, frame in zip(luts, stored_values, strict=True)])
+    frames = _per_frame(luts, stored_values, lambda lut, values: lut.to_units(values))
     photometric = str(ds.PhotometricInterpretation).upper()
     lossy = _lossy_compression(ds, layout.frames, stored_values.size * layout.bits_allocated // 8)
     padding = _padding(ds, stored_values)
@@ -276,7 +287,7 @@ def stored_values_of(image: Image) -> np.ndarray:
     if meta.photometric == "MONOCHROME1":
         frames = invert_monochrome1(frames, _units_ranges(meta))
     low, high = meta.stored_limits
-    stored = np.stack([lut.to_stored(frame, low, high) for lut, frame in zip(meta.luts, frames, strict=True)])
+    stored = _per_frame(meta.luts, frames, lambda lut, values: lut.to_stored(values, low, high))
     if meta.padding is not None:
         mask, values = meta.padding
         stored[mask] = values  # the denoised padding is discarded: padding stays padding

@@ -19,6 +19,8 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut
 
+from app.imaging.image import linear_to_stored, linear_to_units
+
 
 @dataclass(frozen=True)
 class ModalityLUT:
@@ -40,9 +42,9 @@ class ModalityLUT:
 
     def to_units(self, stored: np.ndarray) -> np.ndarray:
         """Apply the LUT: stored values (any integer dtype) -> float64 modality units."""
-        values = np.asarray(stored, dtype=np.float64)
         if self.table is None:
-            return values * self.slope + self.intercept
+            return linear_to_units(stored, self.slope, self.intercept)
+        values = np.asarray(stored, dtype=np.float64)
         index = np.clip(values - self.first_mapped, 0, self.table.size - 1).astype(np.intp)
         return self.table[index]
 
@@ -54,9 +56,9 @@ class ModalityLUT:
         nearest table entry whose input lies in the stored range is chosen: values that came out
         of the table go back to a stored value with exactly those units.
         """
-        values = np.asarray(units, dtype=np.float64)
         if self.table is None:
-            return np.clip(np.rint((values - self.intercept) / self.slope), low, high).astype(np.int64)
+            return linear_to_stored(units, self.slope, self.intercept, low, high).astype(np.int64)
+        values = np.asarray(units, dtype=np.float64)
         inputs = self.first_mapped + np.arange(self.table.size, dtype=np.int64)
         usable = (inputs >= low) & (inputs <= high)
         if not usable.any():  # a table entirely outside the stored range: only its ends are usable

@@ -28,6 +28,31 @@ def within_units_limit(low: float, high: float) -> bool:
     return bool(-UNITS_LIMIT <= low <= high <= UNITS_LIMIT)
 
 
+# The two directions of a linear modality LUT, for PNG (below) and DICOM (``dicom_lut``). One
+# float64 result array each, changed in place: every temporary of an image's size costs a pass
+# over memory, and at concurrency 1 these steps are on the request's critical path.
+
+
+def linear_to_units(stored: np.ndarray, slope: float, intercept: float) -> np.ndarray:
+    """``slope * stored + intercept`` as float64."""
+    units = np.array(stored, dtype=np.float64)  # a copy: never a view of the caller's array
+    if slope != 1:
+        units *= slope
+    if intercept != 0:
+        units += intercept
+    return units
+
+
+def linear_to_stored(units: np.ndarray, slope: float, intercept: float, low: int, high: int) -> np.ndarray:
+    """The inverse of :func:`linear_to_units`, rounded to the nearest integer and clipped to
+    ``low..high``; float64 holding whole numbers, exact in any integer type of that range."""
+    stored = np.subtract(units, intercept, dtype=np.float64)
+    if slope != 1:
+        stored /= slope
+    np.rint(stored, out=stored)
+    return np.clip(stored, low, high, out=stored)
+
+
 @dataclass(frozen=True)
 class StoredRange:
     """How raw values are stored and how they map to physical units: ``unit = slope * v + intercept``.
@@ -50,12 +75,12 @@ class StoredRange:
         return (1 << (self.bits_stored - 1)) - 1 if self.signed else (1 << self.bits_stored) - 1
 
     def to_units(self, stored: np.ndarray) -> np.ndarray:
-        return np.asarray(stored, dtype=np.float64) * self.slope + self.intercept
+        return linear_to_units(stored, self.slope, self.intercept)
 
     def to_stored(self, units: np.ndarray, dtype: np.dtype[Any]) -> np.ndarray:
         """Inverse of :meth:`to_units`, rounded to the nearest value and clipped to the stored range."""
-        stored = np.rint((np.asarray(units, dtype=np.float64) - self.intercept) / self.slope)
-        return np.clip(stored, self.min_stored, self.max_stored).astype(dtype)
+        stored = linear_to_stored(units, self.slope, self.intercept, self.min_stored, self.max_stored)
+        return stored.astype(dtype)
 
     def units_range(self) -> tuple[float, float]:
         """The physical values the stored range can express (low, high)."""
