@@ -116,3 +116,14 @@ def test_openapi_documents_the_contract(client: TestClient) -> None:
         "rescale_slope",
         "rescale_intercept",
     } <= set(fields)
+
+
+def test_start_up_objects_are_moved_out_of_the_collectors_sight(tmp_path: Path) -> None:
+    import gc
+
+    write_model(tmp_path, "ct", "unet")
+    gc.unfreeze()
+    assert gc.get_freeze_count() == 0
+    with TestClient(create_app(Settings(models_dir=tmp_path))) as client:
+        assert client.get("/readyz").status_code == 200
+        assert gc.get_freeze_count() > 10_000  # the app, its routes, models and sessions
