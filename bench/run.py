@@ -198,7 +198,7 @@ def tables(reports: list[CaseReport], classical: dict[str, Timing], ct_report: C
 
 
 def encoding_table(encodings: dict[str, list[EncodeTiming]]) -> str:
-    lines = ["### 16-bit PNG encoding of the output (OpenCV)", ""]
+    lines = ["### 16-bit PNG encoding of the output (the service's writer and OpenCV)", ""]
     lines += ["| case | encoder setting | ms (median) | KiB |", "| --- | --- | --- | --- |"]
     for case, timings in encodings.items():
         lines += [f"| {case} | {t.variant} | {t.median_ms:.1f} | {t.kilobytes:.0f} |" for t in timings]

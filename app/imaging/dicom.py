@@ -315,34 +315,42 @@ def _file_meta(ds: Dataset) -> FileMetaDataset:
 _WORD_SIZES = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
 
 
-def _decode_every_value(ds: Dataset, big_endian: bool) -> None:
-    """Prepare a header read in any encoding for writing as Explicit VR Little Endian (PS3.5 7.3).
+def _decode_every_value(ds: Dataset) -> None:
+    """Prepare a header read as big endian for writing as Explicit VR Little Endian (PS3.5 7.3).
 
     Walking every element makes pydicom decode the values it kept raw; the bytes of OW, OF, OL,
-    OD and OV values (LUT data, overlays) are byte-swapped from big endian word by word.
+    OD and OV values (LUT data, overlays) are byte-swapped from big endian word by word. Little
+    endian headers need neither: pydicom decodes raw elements itself when the encodings differ
+    (implicit VR), and writes them as they are when they match.
     """
     for element in ds.iterall():
         size = _WORD_SIZES.get(str(element.VR))
-        if big_endian and size and isinstance(element.value, bytes) and len(element.value) % size == 0:
+        if size and isinstance(element.value, bytes) and len(element.value) % size == 0:
             element.value = np.frombuffer(element.value, f">u{size}").astype(f"<u{size}").tobytes()
 
 
 def header_copy(source: Dataset) -> Dataset:
     """A copy of ``source`` that writing the derived instance may change without touching it.
 
-    Every top-level element is a new element holding the same value, so assigning a value (all
-    that ``dicom_derive`` does at the top level) leaves the source alone; values are replaced,
-    never changed in place. Sequences are where items are changed in place (the functional
-    groups of enhanced objects, big-endian word swaps): those are copied whole. A deep copy of
-    the whole header took 4-6 ms for a CT slice, a third of writing it (docs/BENCHMARKS.md).
+    Every top-level element that was parsed is a new element holding the same value, so
+    assigning a value (all that ``dicom_derive`` does at the top level) leaves the source alone;
+    values are replaced, never changed in place. Sequences are where items are changed in place
+    (the functional groups of enhanced objects, big-endian word swaps): those are copied whole.
+    Elements still as read (``dicom_checks.check_values`` leaves them so) are immutable and shared.
+    A deep copy of the whole header took 4-6 ms for a CT slice, a third of writing it
+    (docs/BENCHMARKS.md).
     The source's preamble is not copied: the derived file's preamble is zeros.
     """
     ds = Dataset()
     implicit, little = source.original_encoding
     if implicit is not None and little is not None:
         ds.set_original_encoding(implicit, little, source.original_character_set)
-    for element in source:  # iterating converts raw elements, so the copies are decoded ones
-        ds.add(copy.deepcopy(element) if element.VR == VR.SQ else copy.copy(element))
+    for tag in source.keys():
+        element = source.get_item(tag)
+        if element is None or element.is_raw:  # still as read: immutable, written back as it came
+            ds[tag] = element
+        else:
+            ds[tag] = copy.deepcopy(element) if element.VR == VR.SQ else copy.copy(element)
     return ds
 
 
@@ -351,7 +359,8 @@ def encode(image: Image, provenance: Provenance, now: datetime | None = None) ->
     meta: DicomMeta = image.meta
     source = meta.dataset
     ds = header_copy(source)
-    _decode_every_value(ds, big_endian=not _syntax(source).is_little_endian)
+    if not _syntax(source).is_little_endian:
+        _decode_every_value(ds)
     stored = stored_values_of(image)
     dicom_derive.mark_derived(ds, source, provenance, meta.lossy, now or datetime.now())
     ds.file_meta = _file_meta(ds)
