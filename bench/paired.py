@@ -13,7 +13,7 @@ of the per-pair differences, and the medians of the service's own phase split, r
 request's ``Server-Timing`` header: the model call inside the service against the direct call of
 the same pair, and the time outside every phase (client, HTTP, multipart, response). The paired
 requests go out through the standard library's http.client with the multipart body encoded once,
-as the direct call's input is prepared once: httpx costs about 2.4 ms more per request here
+as the direct call's input is prepared once: httpx costs 1-2.4 ms more per request here
 (``--client httpx`` measures with it). The last
 column, each request's latency less its own model call, is the service's own work without the
 model call's jitter, which on a shared virtual machine is larger than the target.

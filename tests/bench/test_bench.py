@@ -76,13 +76,35 @@ def test_a_smoke_run_reports_every_scenario(models_dir: Path, tmp_path: Path) ->
 
 
 @pytest.mark.slow
-def test_the_paired_run_reports_each_sides_median_and_the_service_phases(
+def _table(lines: list[str]) -> dict[str, str]:
+    header, _, row = lines
+    return dict(zip(header.strip("| ").split(" | "), row.strip("| ").split(" | "), strict=True))
+
+
+def test_the_paired_run_reports_each_sides_median_the_service_phases_and_rounds(
     models_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert paired_main(["--models-dir", str(models_dir), "--pairs", "3", "--cases", "ct-512-dicom"]) == 0
-    header, _, row = capsys.readouterr().out.strip().splitlines()
-    cells = dict(zip(header.strip("| ").split(" | "), row.strip("| ").split(" | "), strict=True))
+    arguments = ["--models-dir", str(models_dir), "--pairs", "3", "--cases", "ct-512-dicom"]
+    assert paired_main([*arguments, "--rounds", "2", "--round-requests", "4"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
+    cells, rounds = _table(lines[:3]), _table(lines[3:])
     assert cells["case"] == "ct-512-dicom" and cells["pairs"] == "3"
     assert float(cells["direct p50 ms"]) > 0 and float(cells["service p50 ms"]) > 0
     float(cells["p50 of (service - direct) ms"])  # a number, whatever its sign on a busy machine
-    assert float(cells["infer ms"]) > 0 and float(cells["decode ms"]) > 0  # from the service's metrics
+    # From each request's Server-Timing: the phases, and the request less its own model call.
+    assert float(cells["infer ms"]) > 0 and float(cells["decode ms"]) > 0
+    assert 0 < float(cells["p50 of (service - infer) ms"]) < float(cells["service p50 ms"])
+    assert rounds["case"] == "ct-512-dicom" and rounds["rounds"] == "2"
+    assert float(rounds["service img/s"]) > 0 and float(rounds["direct batch 4 img/s"]) > 0
+    lowest, median, highest = (
+        float(rounds[k].rstrip("%"))
+        for k in ("lowest round", "service / best direct (median of rounds)", "highest round")
+    )
+    assert 0 < lowest <= median <= highest
+
+
+def test_the_paired_run_with_httpx_as_the_client(models_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    arguments = ["--models-dir", str(models_dir), "--pairs", "2", "--cases", "ct-512-png", "--rounds", "0"]
+    assert paired_main([*arguments, "--client", "httpx"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
+    assert len(lines) == 3 and _table(lines)["case"] == "ct-512-png"
