@@ -4,7 +4,7 @@ glibc's malloc serves every block of 128 KiB or more with its own ``mmap`` (its 
 only as such blocks are freed, and worker threads allocate from their own arenas), and gives it
 back with ``munmap`` when it is freed. Every numpy array of an image is such a block, so each
 request faulted its pages in again: on this virtual machine, 2-3 ms for each 2 MB array of a
-512 x 512 slice, more than the arithmetic on it (docs/BENCHMARKS.md, "Freed memory"). Fixed
+512 x 512 slice, more than the arithmetic on it (docs/BENCHMARKS.md, "Tuning decisions"). Fixed
 thresholds make those blocks come from the heap, where freed memory is reused at once.
 
 Only glibc (Linux) has ``mallopt``; elsewhere this does nothing and says so.

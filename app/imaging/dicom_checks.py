@@ -149,7 +149,8 @@ def check_values(ds: Dataset) -> None:
 
     The dataset keeps the elements as read: an element still in its file encoding is written
     back as those bytes (pydicom writes it unparsed when the encodings match), which for an
-    Explicit VR Little Endian source halves the derived instance's write time.
+    Explicit VR Little Endian source saves 1-2 ms of the 9-12 ms a CT slice's derived instance
+    took to write.
     """
     for tag in list(ds.keys()):
         as_read = ds.get_item(tag)
