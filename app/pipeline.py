@@ -1,10 +1,11 @@
 """One denoise request end to end, off the event loop: bytes -> units -> model -> units -> bytes.
 
 Every CPU-bound step (decoding, inference, metrics, encoding) runs in one worker thread per
-request; the event loop only awaits it. Inference goes through each model's micro-batcher (``app/inference/batcher``):
-concurrent requests share ONNX Runtime calls, and at most ``max_concurrent_inferences`` calls run
-at once across models, because each session already uses every core it is given. The wait for a
-batch is the ``queue`` phase. A full batch queue answers 503 before the image is even prepared.
+request; the event loop only awaits it. Inference goes through each model's micro-batcher
+(``app/inference/batcher``): concurrent requests share ONNX Runtime calls, and at most
+``max_concurrent_inferences`` calls run at once across models, because each session already uses
+every core it is given. The wait for a batch is the ``queue`` phase. A full batch queue answers
+503 before the image is even prepared.
 """
 
 from __future__ import annotations

@@ -176,6 +176,12 @@ def median_ms(values: list[float]) -> float:
     return statistics.median(values) * 1000
 
 
+def print_header(columns: list[str]) -> None:
+    """A Markdown table's header and separator rows."""
+    print("| " + " | ".join(columns) + " |")
+    print("| --- " * len(columns) + "|")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models-dir", type=Path, default=REPO / "models")
@@ -197,8 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         *(f"{p} ms" for p in PHASES), "p50 of (infer - direct) ms", "outside the phases ms",
         "p50 of (service - infer) ms",
     ]
-    print("| " + " | ".join(columns) + " |")
-    print("| --- " * len(columns) + "|")
+    print_header(columns)
     with tempfile.TemporaryDirectory() as scratch, running_service(
         args.models_dir, Path(scratch) / "service.log", {}
     ) as base_url, httpx.Client(base_url=base_url, timeout=120) as client:
@@ -228,8 +233,7 @@ def print_rounds(base_url: str, cases: list[Case], registry: ModelRegistry, args
         "case", "rounds", "direct batch 1 img/s", "direct batch 4 img/s", "service img/s",
         "service / best direct (median of rounds)", "lowest round", "highest round",
     ]
-    print("| " + " | ".join(columns) + " |")
-    print("| --- " * len(columns) + "|")
+    print_header(columns)
     for case in cases:
         model = registry.resolve(case.modality, None)  # type: ignore[arg-type]
         rounds = run_rounds(base_url, case, model, args.rounds, args.concurrency, args.round_requests)
