@@ -1,4 +1,9 @@
-"""Dependencies the routes read from ``app.state`` (set in the lifespan; tests can swap them)."""
+"""Dependencies the routes read from ``app.state`` (set in the lifespan; tests can swap them).
+
+They are ``async def`` although they never await: FastAPI runs a plain ``def`` dependency in its
+thread pool, and the three of the denoise route cost three thread hand-offs, 1.2 ms of every
+request (docs/BENCHMARKS.md).
+"""
 
 from __future__ import annotations
 
@@ -12,19 +17,19 @@ from app.pipeline import DenoisePipeline
 from app.settings import Settings
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_registry(request: Request) -> ModelRegistry:
+async def get_registry(request: Request) -> ModelRegistry:
     return request.app.state.registry
 
 
-def get_pipeline(request: Request) -> DenoisePipeline:
+async def get_pipeline(request: Request) -> DenoisePipeline:
     return request.app.state.pipeline
 
 
-def get_telemetry(request: Request) -> Telemetry:
+async def get_telemetry(request: Request) -> Telemetry:
     return request.app.state.telemetry
 
 
