@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import io
+import struct
 
 import numpy as np
 import pydicom
@@ -12,6 +13,7 @@ from app.imaging import dicom
 from app.imaging.dicom_derive import Provenance
 from app.imaging.dicom_lut import ModalityLUT
 from app.imaging.image import Image
+from tests.app.fuzz import builders as b
 from tests.files import dicom_file
 
 PROVENANCE = Provenance("test-model", "1")
@@ -389,3 +391,15 @@ def test_colour_is_refused_with_what_is_supported() -> None:
     with pytest.raises(UnsupportedImage) as refused:
         dicom.decode(dicom_file("US1_UNCR.dcm"), None, max_pixels=10**8)
     assert "RGB" in refused.value.detail and "MONOCHROME1 or MONOCHROME2" in refused.value.detail
+
+
+@pytest.mark.parametrize("syntax", [pydicom.uid.ImplicitVRLittleEndian, pydicom.uid.ExplicitVRLittleEndian])
+def test_a_value_that_cannot_be_read_is_refused_by_its_tag_in_either_vr_encoding(syntax: str) -> None:
+    # Planar Configuration (US) of three bytes: implicit VR takes the VR from the dictionary.
+    header = struct.pack("<HHI", 0x0028, 0x0006, 3)
+    if syntax == pydicom.uid.ExplicitVRLittleEndian:
+        header = struct.pack("<HH2sH", 0x0028, 0x0006, b"US", 3)
+    data = b.with_first_element(b.dicom_bytes(b.ct_dataset(), pydicom.uid.UID(syntax)), header + b"abc")
+    with pytest.raises(InvalidImage) as refused:
+        dicom.decode(data, None, max_pixels=10**6)
+    assert "(0028,0006)" in refused.value.detail
