@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import io
 import struct
+from datetime import datetime
 
 import numpy as np
 import pydicom
@@ -369,9 +370,10 @@ def test_the_source_dataset_is_not_modified(name: str) -> None:
     # Classic, enhanced (functional groups changed in place) and big-endian (words swapped).
     image = dicom.decode(dicom_file(name), None, max_pixels=10**7)
     before = image.meta.dataset.to_json_dict()
-    first = dicom.encode(image, PROVENANCE)
+    now = datetime(2026, 12, 1, 12, 0, 0)  # the creation time is written: one clock for both
+    first = dicom.encode(image, PROVENANCE, now)
     assert image.meta.dataset.to_json_dict() == before
-    assert dicom.encode(image, PROVENANCE)[128:] == first[128:]  # encoding again writes the same
+    assert dicom.encode(image, PROVENANCE, now)[128:] == first[128:]  # encoding again writes the same
 
 
 def test_header_copy_shares_no_element_that_writing_changes() -> None:
@@ -391,6 +393,37 @@ def test_colour_is_refused_with_what_is_supported() -> None:
     with pytest.raises(UnsupportedImage) as refused:
         dicom.decode(dicom_file("US1_UNCR.dcm"), None, max_pixels=10**8)
     assert "RGB" in refused.value.detail and "MONOCHROME1 or MONOCHROME2" in refused.value.detail
+
+
+def _native_layouts() -> list[tuple[int, int, int, int, str]]:
+    # (bits allocated, bits stored, pixel representation, frames, transfer syntax)
+    return [
+        (16, 12, 0, 1, pydicom.uid.ExplicitVRLittleEndian),
+        (16, 12, 1, 2, pydicom.uid.ImplicitVRLittleEndian),
+        (16, 16, 1, 1, pydicom.uid.ExplicitVRLittleEndian),
+        (8, 7, 1, 3, pydicom.uid.DeflatedExplicitVRLittleEndian),
+        (8, 8, 0, 1, pydicom.uid.ExplicitVRLittleEndian),
+    ]
+
+
+@pytest.mark.parametrize(("allocated", "stored", "signed", "frames", "syntax"), _native_layouts())
+def test_native_pixels_are_read_as_pydicom_reads_them(
+    allocated: int, stored: int, signed: int, frames: int, syntax: str
+) -> None:
+    # Random words, so the bits above Bits Stored are set too: they must not count.
+    ds = b.ct_dataset(rows=6, cols=5)
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = allocated, stored, stored - 1, signed
+    ds.NumberOfFrames = frames
+    ds.RescaleSlope, ds.RescaleIntercept = 1, 0
+    words = np.random.default_rng(allocated + stored + signed).integers(0, 256, 6 * 5 * frames * allocated // 8)
+    ds.PixelData = words.astype(np.uint8).tobytes()
+    data = b.dicom_bytes(ds, pydicom.uid.UID(syntax))
+    expected = pydicom.dcmread(io.BytesIO(data)).pixel_array.reshape(frames, 6, 5)
+    image = dicom.decode(data, "ct", max_pixels=10**6)
+    np.testing.assert_array_equal(image.frames, expected)
+    assert image.meta.dtype == expected.dtype.newbyteorder("=")
+    assert image.frames.min() < 0 if signed else image.frames.max() < 2**stored
+
 
 
 @pytest.mark.parametrize("syntax", [pydicom.uid.ImplicitVRLittleEndian, pydicom.uid.ExplicitVRLittleEndian])
