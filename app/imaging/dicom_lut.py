@@ -49,7 +49,9 @@ class ModalityLUT:
         return self.table[index]
 
     def to_stored(self, units: np.ndarray, low: int, high: int) -> np.ndarray:
-        """The stored values in ``low..high`` whose units are nearest to ``units`` (int64).
+        """The stored values in ``low..high`` whose units are nearest to ``units``: whole numbers,
+        float64 for the linear LUT (one conversion less on the way to the stored type), int64 for
+        a table.
 
         For the linear LUT this is the exact inverse, rounded to the nearest integer and clipped.
         A table has no inverse in general (several stored values can share one output), so the
@@ -57,7 +59,7 @@ class ModalityLUT:
         of the table go back to a stored value with exactly those units.
         """
         if self.table is None:
-            return linear_to_stored(units, self.slope, self.intercept, low, high).astype(np.int64)
+            return linear_to_stored(units, self.slope, self.intercept, low, high)
         values = np.asarray(units, dtype=np.float64)
         inputs = self.first_mapped + np.arange(self.table.size, dtype=np.int64)
         usable = (inputs >= low) & (inputs <= high)
