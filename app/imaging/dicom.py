@@ -28,21 +28,22 @@ from __future__ import annotations
 import copy
 import io
 import struct
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 
 import numpy as np
 import pydicom
-from pydicom.dataelem import DataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import generate_frames
 from pydicom.pixels import get_decoder
+from pydicom.tag import BaseTag
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian
 from pydicom.valuerep import VR
 
 from app.errors import ImageTooLarge, InvalidImage, UnsupportedImage
-from app.imaging import dicom_checks, dicom_derive
+from app.imaging import dicom_checks, dicom_derive, dicom_writer
 from app.imaging.dicom_checks import READ_ERRORS, PixelLayout
 from app.imaging.dicom_derive import LossyCompression, Provenance
 from app.imaging.dicom_lut import ModalityLUT, invert_monochrome1, modality_luts, units_name
@@ -82,6 +83,9 @@ class DicomMeta:
     padding: tuple[np.ndarray, np.ndarray] | None  # (where, stored values) of padding, not image
     lossy: LossyCompression | None  # how the pixel data was lossy compressed in transit, if so
     stored_limits: tuple[int, int]  # lowest and highest stored value (Bits Stored, Pixel Representation)
+    # The header's elements as read, before decoding converted the few it reads (Rows, Rescale
+    # Slope, ...): the derived instance writes those back as they came too (``header_copy``).
+    as_read: Mapping[BaseTag, RawDataElement] = field(default_factory=dict)
 
     @property
     def modality_tag(self) -> str:
@@ -255,8 +259,19 @@ def _per_frame(
     return np.stack([apply(lut, frame) for lut, frame in zip(luts, frames, strict=True)])
 
 
+def _elements_as_read(ds: Dataset) -> dict[BaseTag, RawDataElement]:
+    """The elements still raw, but those read as UN: pydicom converts an UN element the
+    dictionary knows to its own VR (Rows read as UN is written as US), kept for those decoding reads."""
+    return {
+        tag: element
+        for tag in ds.keys()
+        if isinstance(element := ds.get_item(tag), RawDataElement) and element.VR != VR.UN
+    }
+
+
 def decode(data: bytes, modality: Modality | None, max_pixels: int) -> Image:
     ds = _read(data, max_pixels)
+    as_read = _elements_as_read(ds)
     layout = dicom_checks.pixel_layout(ds)
     _check_pixel_data(ds, layout)
     if layout.pixel_count > max_pixels:
@@ -272,7 +287,7 @@ def decode(data: bytes, modality: Modality | None, max_pixels: int) -> Image:
     lossy = _lossy_compression(ds, layout.frames, stored_values.size * layout.bits_allocated // 8)
     padding = _padding(ds, stored_values)
     del ds.PixelData  # decoded above; the header alone is kept to write the derived instance
-    meta = DicomMeta(ds, photometric, stored_values.dtype, luts, padding, lossy, layout.stored_limits)
+    meta = DicomMeta(ds, photometric, stored_values.dtype, luts, padding, lossy, layout.stored_limits, as_read)
     if photometric == "MONOCHROME1":
         frames = invert_monochrome1(frames, _units_ranges(meta))
     if not within_units_limit(frames.min(), frames.max()):  # min and max carry any NaN
@@ -351,14 +366,16 @@ def _decode_every_value(ds: Dataset) -> None:
             element.value = np.frombuffer(element.value, f">u{size}").astype(f"<u{size}").tobytes()
 
 
-def header_copy(source: Dataset) -> Dataset:
+def header_copy(source: Dataset, as_read: Mapping[BaseTag, RawDataElement] | None = None) -> Dataset:
     """A copy of ``source`` that writing the derived instance may change without touching it.
 
     Every top-level element that was parsed is a new element holding the same value, so
     assigning a value (all that ``dicom_derive`` does at the top level) leaves the source alone;
     values are replaced, never changed in place. Sequences are where items are changed in place
     (the functional groups of enhanced objects, big-endian word swaps): those are copied whole.
-    Elements still as read (``dicom_checks.check_values`` leaves them so) are immutable and shared.
+    Elements still as read (``dicom_checks.check_values`` leaves them so) are immutable and shared;
+    so are those of ``as_read``, ``source``'s elements as read before some were converted (its
+    values are never changed, so each converted element holds what its raw one encodes).
     A deep copy of the whole header took 4-6 ms for a CT slice, a third of writing it
     (docs/BENCHMARKS.md).
     The source's preamble is not copied: the derived file's preamble is zeros.
@@ -367,8 +384,11 @@ def header_copy(source: Dataset) -> Dataset:
     implicit, little = source.original_encoding
     if implicit is not None and little is not None:
         ds.set_original_encoding(implicit, little, source.original_character_set)
+    as_read = as_read or {}
     for tag in source.keys():
-        element = source.get_item(tag)
+        element = as_read.get(tag)
+        if element is None:
+            element = source.get_item(tag)
         if element is None or element.is_raw:  # still as read: immutable, written back as it came
             ds[tag] = element
         else:
@@ -380,23 +400,20 @@ def encode(image: Image, provenance: Provenance, now: datetime | None = None) ->
     """A derived instance holding ``image.frames``, made by the model ``provenance`` names."""
     meta: DicomMeta = image.meta
     source = meta.dataset
-    ds = header_copy(source)
+    ds = header_copy(source, meta.as_read)
     if not _syntax(source).is_little_endian:
         _decode_every_value(ds)
     stored = stored_values_of(image)
     dicom_derive.mark_derived(ds, source, provenance, meta.lossy, now or datetime.now())
-    ds.file_meta = _file_meta(ds)
     bits_allocated = int(source.BitsAllocated)
     ds[0x7FE00010] = _pixel_data_element(stored, bits_allocated)
     for keyword in ("SmallestImagePixelValue", "LargestImagePixelValue"):
         if keyword in source:  # kept true rather than dropped: viewers use them for a first window
             setattr(ds, keyword, int(stored.min() if keyword.startswith("Smallest") else stored.max()))
-    out = io.BytesIO()
     try:
-        pydicom.dcmwrite(out, ds, implicit_vr=False, little_endian=True, enforce_file_format=True)
+        return dicom_writer.part10(ds, _file_meta(ds))
     except (ValueError, TypeError, OverflowError, struct.error):
         raise InvalidImage(
             "The DICOM header holds values that cannot be written back as Explicit VR Little Endian; "
             "send a file whose header is valid."
         ) from None
-    return out.getvalue()
