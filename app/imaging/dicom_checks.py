@@ -181,12 +181,13 @@ def check_values(ds: Dataset) -> None:
     """
     for tag in list(ds.keys()):
         as_read = ds.get_item(tag)
+        stored_converted = False
         try:
             element = None
             if isinstance(as_read, RawDataElement):
                 element = _convert_as_pydicom_would(ds, tag, as_read)
             if element is None:
-                element = ds[tag]
+                element, stored_converted = ds[tag], True
         except READ_ERRORS:
             raise InvalidImage(
                 f"The DICOM element {tag} holds a value that cannot be read; send a file whose "
@@ -201,7 +202,7 @@ def check_values(ds: Dataset) -> None:
         if is_sequence:
             for item in element.value:
                 check_values(item)
-        if as_read is not None and as_read.is_raw and ds.get_item(tag) is not as_read:
+        if stored_converted and isinstance(as_read, RawDataElement):
             ds[tag] = as_read
 
 
