@@ -9,5 +9,7 @@ cd "$(dirname "$0")/.."
 source scripts/_venv.sh
 ensure_venv "${EXTRAS:-cpu}"
 # exec: uvicorn itself gets SIGTERM / Ctrl+C and shuts down gracefully (as in the Dockerfile).
+# --no-access-log: the service writes its own access line (request id, status, time), so
+# uvicorn's would say it twice.
 exec .venv/bin/python -m uvicorn app.main:app --host "${HOST:-0.0.0.0}" --port "${PORT:-8000}" \
-    --timeout-graceful-shutdown 25
+    --no-access-log --timeout-graceful-shutdown 25

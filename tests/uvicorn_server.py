@@ -51,6 +51,7 @@ def uvicorn_server(
     with log_path.open("w+") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)]
+            + ["--no-access-log"]  # as scripts/serve.sh and the Dockerfile run it
             + list(uvicorn_args),
             cwd=REPO,
             env=env,
