@@ -1,7 +1,7 @@
 """Dependencies the routes read from ``app.state`` (set in the lifespan; tests can swap them).
 
 They are ``async def`` although they never await: FastAPI runs a plain ``def`` dependency in its
-thread pool, and the three of the denoise route cost three thread hand-offs, 1.2 ms of every
+thread pool, and the three of the denoise route cost three thread hand-offs, 0.9 ms of every
 request (docs/BENCHMARKS.md).
 """
 

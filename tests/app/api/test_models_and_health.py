@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
@@ -127,3 +128,24 @@ def test_start_up_objects_are_moved_out_of_the_collectors_sight(tmp_path: Path) 
     with TestClient(create_app(Settings(models_dir=tmp_path))) as client:
         assert client.get("/readyz").status_code == 200
         assert gc.get_freeze_count() > 10_000  # the app, its routes, models and sessions
+
+
+
+def test_the_denoise_route_solves_its_dependencies_without_the_thread_pool(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # FastAPI runs a plain-def dependency through run_in_threadpool: a thread hand-off each.
+    import fastapi.dependencies.utils
+
+    offloaded: list[str] = []
+    original = fastapi.dependencies.utils.run_in_threadpool
+
+    async def recording(call, *args, **kwargs):  # type: ignore[no-untyped-def]
+        offloaded.append(getattr(call, "__name__", repr(call)))
+        return await original(call, *args, **kwargs)
+
+    monkeypatch.setattr(fastapi.dependencies.utils, "run_in_threadpool", recording)
+    image = png_bytes(np.full((32, 32), 1000, np.uint16))
+    answer = client.post("/v1/denoise", files={"file": ("ct.png", image)}, data={"modality": "ct"})
+    assert answer.status_code == 200
+    assert offloaded == []
