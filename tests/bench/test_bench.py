@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench.cases import ct_cases, radiograph_case
-from bench.loadgen import LoadResult, percentile_ms
+from bench.baselines import Timing
+from bench.cases import Case, ct_cases, radiograph_case
+from bench.loadgen import LoadResult, Upload, percentile_ms
 from bench.paired import main as paired_main
-from bench.run import main, parse_counts, parse_settings
+from bench.run import CaseReport, main, parse_counts, parse_settings, targets
 from bench.service import MetricsDelta, parse_metrics
 
 METRICS_BEFORE = """
@@ -108,3 +109,20 @@ def test_the_paired_run_with_httpx_as_the_client(models_dir: Path, capsys: pytes
     assert paired_main([*arguments, "--client", "httpx"]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
     assert len(lines) == 3 and _table(lines)["case"] == "ct-512-png"
+
+
+def _report(direct_s: float, infer_ms: float, service_s: float) -> CaseReport:
+    case = Case("ct-512-png", "ct", Upload("ct.png", b""), np.zeros((512, 512)))
+    report = CaseReport(case, "ct-unet", [Timing("batch 1", 1, [direct_s] * 5)])
+    report.load[1] = LoadResult(1, [service_s] * 5, {200: 5}, wall_s=5 * service_s, truncated=False)
+    report.phases[1] = {"infer": infer_ms}
+    return report
+
+
+def test_targets_are_judged_only_when_the_direct_call_and_the_service_agree_on_the_model() -> None:
+    steady = targets([_report(0.130, 131.0, 0.140)], {}, None)
+    assert steady == ["PASS ct-512-png: concurrency 1 median overhead 10.0 ms (target <= 15 ms)"]
+    assert targets([_report(0.130, 131.0, 0.150)], {}, None)[0].startswith("FAIL")
+    # The direct call ran on a slower machine than the service's own model call: no verdict.
+    (drifted,) = targets([_report(0.244, 171.0, 0.184)], {}, None)
+    assert drifted.startswith("DRIFT") and "differ by 30%" in drifted
