@@ -53,6 +53,7 @@ from app.inference.card import Modality
 MEDIA_TYPE = "application/dicom"
 PREAMBLE_LENGTH = 128
 MAGIC = b"DICM"
+_PIXEL_DATA = 0x7FE00010
 IMPLEMENTATION_VERSION_NAME = "MEDDENOISE_" + dicom_derive.SOFTWARE_VERSION.replace(".", "")[:5]
 
 # DICOM Modality (0008,0060) -> the model family that denoises it. "DR" is not a defined term
@@ -260,12 +261,16 @@ def _per_frame(
 
 
 def _elements_as_read(ds: Dataset) -> dict[BaseTag, RawDataElement]:
-    """The elements still raw, but those read as UN: pydicom converts an UN element the
-    dictionary knows to its own VR (Rows read as UN is written as US), kept for those decoding reads."""
+    """The elements still raw, but those read as UN (pydicom converts an UN element the
+    dictionary knows to its own VR: Rows read as UN is written as US, kept for those decoding
+    reads) and the pixel data (decoded, then dropped: holding it would keep the whole upload's
+    pixels alive until the answer is written)."""
     return {
         tag: element
         for tag in ds.keys()
-        if isinstance(element := ds.get_item(tag), RawDataElement) and element.VR != VR.UN
+        if tag != _PIXEL_DATA
+        and isinstance(element := ds.get_item(tag), RawDataElement)
+        and element.VR != VR.UN
     }
 
 
@@ -335,7 +340,7 @@ def _pixel_data_element(values: np.ndarray, bits_allocated: int) -> DataElement:
     raw = values.astype(values.dtype.newbyteorder("<"), copy=False).tobytes()
     if len(raw) % 2:
         raw += b"\x00"  # values have even length (PS3.5 7.1.1)
-    return DataElement(0x7FE00010, "OB" if bits_allocated == 8 else "OW", raw)
+    return DataElement(_PIXEL_DATA, "OB" if bits_allocated == 8 else "OW", raw)
 
 
 def _file_meta(ds: Dataset) -> FileMetaDataset:
@@ -406,7 +411,7 @@ def encode(image: Image, provenance: Provenance, now: datetime | None = None) ->
     stored = stored_values_of(image)
     dicom_derive.mark_derived(ds, source, provenance, meta.lossy, now or datetime.now())
     bits_allocated = int(source.BitsAllocated)
-    ds[0x7FE00010] = _pixel_data_element(stored, bits_allocated)
+    ds[_PIXEL_DATA] = _pixel_data_element(stored, bits_allocated)
     for keyword in ("SmallestImagePixelValue", "LargestImagePixelValue"):
         if keyword in source:  # kept true rather than dropped: viewers use them for a first window
             setattr(ds, keyword, int(stored.min() if keyword.startswith("Smallest") else stored.max()))

@@ -79,3 +79,12 @@ def test_elements_decoding_read_are_written_back_as_they_came() -> None:
     image = dicom.decode(data, None, max_pixels=10**6)
     assert image.meta.dataset.PhotometricInterpretation == "MONOCHROME2"
     assert b"CS\x0c\x00MONOCHROME2\x00" in dicom.encode(image, Provenance("m", "1"))
+
+
+def test_the_header_kept_for_writing_holds_no_pixel_data() -> None:
+    # Kept from decoding until the answer is written: it must not keep the upload's pixels alive.
+    data = dicom_file("693_UNCR.dcm")
+    meta: dicom.DicomMeta = dicom.decode(data, None, max_pixels=10**8).meta
+    kept = [meta.dataset.get_item(tag) for tag in meta.dataset.keys()] + list(meta.as_read.values())
+    held = sum(len(element.value) for element in kept if isinstance(element.value, bytes))
+    assert held < len(data) // 20
