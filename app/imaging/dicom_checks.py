@@ -77,6 +77,8 @@ HEADER_ALLOWANCE_BYTES = 64 << 20
 _INFLATE_STEP = 1 << 20
 _DEFLATED_READ_STEP = 64 << 10
 _SPECIFIC_CHARACTER_SET = 0x00080005
+# Longer values (LUT data, overlays, private blobs) are converted every time, not remembered.
+_REMEMBERED_VALUE_BYTES = 1024
 
 
 @dataclass(frozen=True)
@@ -150,14 +152,16 @@ def _is_sequence_attribute(tag: int) -> bool:
         return False
 
 
-def _convert_as_pydicom_would(ds: Dataset, tag: BaseTag, raw: RawDataElement) -> DataElement | None:
-    """``raw``'s value converted as ``ds[tag]`` would, without storing it in ``ds``; None where
-    only ``ds[tag]`` itself converts it the same way.
+def _converted_vr(ds: Dataset, tag: BaseTag, raw: RawDataElement) -> str | None:
+    """The VR of ``raw`` once converted as ``ds[tag]`` would convert it, raising what converting
+    raises, without storing anything in ``ds``; None where only ``ds[tag]`` itself converts it
+    the same way.
 
     ``ds[tag]`` also corrects ambiguous VRs (US or SS, OB or OW) from other elements, passes the
-    Pixel Representation down into sequences, and stores the converted element, which then has
-    to be put back as read; for the other elements, most of a header, converting directly reads
-    the value the same way for less (a CT slice's check 3.6 -> 2.4 ms, docs/BENCHMARKS.md).
+    Pixel Representation down into sequences, looks private tags up by their creator, and stores
+    the converted element, which then has to be put back as read; for the other elements, most
+    of a header, converting directly reads the value the same way for less (a CT slice's check
+    3.6 -> 2.4 ms, docs/BENCHMARKS.md).
     """
     vr = raw.VR
     if vr is None:  # implicit VR: the dictionary's, where it knows the tag and names one VR
@@ -165,10 +169,30 @@ def _convert_as_pydicom_would(ds: Dataset, tag: BaseTag, raw: RawDataElement) ->
             vr = dictionary_VR(tag)
         except KeyError:
             return None
-    if vr == VR.SQ or vr in AMBIGUOUS_VR or raw.value is None or not ds.original_character_set:
+    encoding = ds.original_character_set
+    if vr == VR.SQ or vr in AMBIGUOUS_VR or raw.value is None or not encoding or tag.is_private:
         return None
-    encoding = default_encoding if tag == _SPECIFIC_CHARACTER_SET else ds.original_character_set
-    return convert_raw_data_element(raw, encoding=encoding, ds=ds)
+    if tag == _SPECIFIC_CHARACTER_SET:
+        encoding = default_encoding
+    if len(raw.value) > _REMEMBERED_VALUE_BYTES:
+        converted = convert_raw_data_element(raw, encoding=encoding, ds=ds).VR
+    else:  # where the element sits in its file is no part of its value
+        key = raw._replace(value_tell=0)
+        converted = _remembered_vr(key, encoding if isinstance(encoding, str) else tuple(encoding))
+    return None if converted == VR.SQ else converted  # an UN read as a sequence: ds[tag] parses it
+
+
+@functools.lru_cache(maxsize=4096)
+def _remembered_vr(raw: RawDataElement, encoding: str | tuple[str, ...]) -> str:
+    """``raw``'s VR once converted, remembered for the next file with the same element.
+
+    For a public tag with its VR known, converting depends on nothing but the element's bytes,
+    its encoding and the character set; and a series' slices repeat most of their header (the
+    patient, the study, the equipment, the geometry but the position), so the slices after the
+    first are checked from here. Failures raise and are not remembered.
+    """
+    charset = encoding if isinstance(encoding, str) else list(encoding)
+    return str(convert_raw_data_element(raw, encoding=charset).VR)
 
 
 def check_values(ds: Dataset) -> None:
@@ -183,20 +207,19 @@ def check_values(ds: Dataset) -> None:
         as_read = ds.get_item(tag)
         stored_converted = False
         try:
-            element = None
-            if isinstance(as_read, RawDataElement):
-                element = _convert_as_pydicom_would(ds, tag, as_read)
-            if element is None:
+            vr = _converted_vr(ds, tag, as_read) if isinstance(as_read, RawDataElement) else None
+            if vr is None:
                 element, stored_converted = ds[tag], True
+                vr = element.VR
         except READ_ERRORS:
             raise InvalidImage(
                 f"The DICOM element {tag} holds a value that cannot be read; send a file whose "
                 "header is valid."
             ) from None
-        is_sequence = element.VR == VR.SQ
+        is_sequence = vr == VR.SQ
         if is_sequence != _is_sequence_attribute(tag) and not tag.is_private:
             raise InvalidImage(
-                f"The DICOM element {tag} has VR {element.VR}, which its attribute does not allow; "
+                f"The DICOM element {tag} has VR {vr}, which its attribute does not allow; "
                 "send a file whose header is valid."
             )
         if is_sequence:

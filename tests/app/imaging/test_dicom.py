@@ -436,3 +436,17 @@ def test_a_value_that_cannot_be_read_is_refused_by_its_tag_in_either_vr_encoding
     with pytest.raises(InvalidImage) as refused:
         dicom.decode(data, None, max_pixels=10**6)
     assert "(0028,0006)" in refused.value.detail
+
+
+def test_a_remembered_readable_value_never_vouches_for_another() -> None:
+    # The check remembers values it could read; the same tag with other bytes is read anew, and
+    # a value it could not read is refused every time.
+    good = struct.pack("<HH2sH", 0x0028, 0x0006, b"US", 2) + b"\x00\x00"
+    bad = struct.pack("<HH2sH", 0x0028, 0x0006, b"US", 3) + b"abc"
+    source = b.dicom_bytes(b.ct_dataset())
+    for _ in range(2):
+        dicom.decode(b.with_first_element(source, good), None, max_pixels=10**6)
+        for _ in range(2):
+            with pytest.raises(InvalidImage) as refused:
+                dicom.decode(b.with_first_element(source, bad), None, max_pixels=10**6)
+            assert "(0028,0006)" in refused.value.detail
