@@ -6,8 +6,9 @@ header declares, and a value of the wrong type or VR surfaces as an exception in
 the upload. So each of these is checked here first, and every failure is a domain error:
 
 * a deflated dataset is inflated in bounded steps and counted before pydicom reads it;
-* every element's value is converted once (pydicom converts lazily), so a value that cannot
-  be read is refused by its tag, and a sequence attribute must be a sequence (PS3.5 7.5);
+* every element's value is converted once (pydicom converts lazily), or found among the values
+  of earlier files that converted, so a value that cannot be read is refused by its tag, and a
+  sequence attribute must be a sequence (PS3.5 7.5);
 * the Image Pixel module (PS3.3 C.7.6.3) must be whole numbers in their ranges;
 * native pixel data must have the length Rows x Columns x Number of Frames x Bits Allocated
   describes; trailing bytes beyond it must be zero padding;
