@@ -30,13 +30,12 @@ from dataclasses import dataclass
 import numpy as np
 from pydicom.charset import default_encoding
 from pydicom.datadict import dictionary_VR
-from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
+from pydicom.dataelem import RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
 from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.filereader import _read_file_meta_info, read_preamble
 from pydicom.tag import BaseTag
-from pydicom.valuerep import AMBIGUOUS_VR, VR
 from pydicom.uid import (
     UID,
     DeflatedExplicitVRLittleEndian,
@@ -44,6 +43,7 @@ from pydicom.uid import (
     JPEGLSTransferSyntaxes,
     JPEGTransferSyntaxes,
 )
+from pydicom.valuerep import AMBIGUOUS_VR, VR
 
 from app.errors import ImageTooLarge, InvalidImage, MissingPixelData, UnsupportedImage
 from app.imaging.codestream import DeclaredSize, j2k_size, jpeg_size

@@ -4,9 +4,9 @@ pydicom writes it, except for one shortcut: an element still as it was read from
 VR Little Endian source (``dicom_checks.check_values`` leaves most of a header so) is copied
 through as its tag, VR, length and value bytes, which is what pydicom's own writer does with it,
 less the buffer and the checks it sets up per element (a CT slice's derived header 4.7 -> 3.3 ms,
-docs/BENCHMARKS.md). Every other element, every dataset with another
-encoding or character set, and every raw element pydicom would change on the way (an undefined
-length, a value too long for its VR's length field) goes through pydicom's writer.
+docs/BENCHMARKS.md). Every other element, every dataset with another encoding or character
+set, and every raw element pydicom would change on the way (an undefined length, a value too
+long for its VR's length field) goes through pydicom's writer.
 """
 
 from __future__ import annotations
