@@ -14,9 +14,9 @@ request's ``Server-Timing`` header: the model call inside the service against th
 the same pair, and the time outside every phase (client, HTTP, multipart, response). The paired
 requests go out through the standard library's http.client with the multipart body encoded once,
 as the direct call's input is prepared once: httpx costs 1-2.4 ms more per request here
-(``--client httpx`` measures with it). The last
-column, each request's latency less its own model call, is the service's own work without the
-model call's jitter, which on a shared virtual machine is larger than the target.
+(``--client httpx`` measures with it). The last column, each request's latency less its own
+model call, is the service's own work without the model call's jitter, which on a shared virtual
+machine is larger than the target.
 
 Throughput is compared the same way: rounds of direct calls (batch 1 and batch 4, ONNX Runtime's
 default options) and a burst of requests at concurrency 4, alternating, each round giving the

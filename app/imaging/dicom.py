@@ -287,7 +287,7 @@ def decode(data: bytes, modality: Modality | None, max_pixels: int) -> Image:
     modality = modality or modality_of(ds)
     luts, units = _modality_luts(ds, layout, _UNITS[modality] if modality else "stored value")
     stored_values = _decode_pixels(ds, layout)
-    frames = _per_frame(luts, stored_values, lambda lut, values: lut.to_units(values))
+    frames = _per_frame(luts, stored_values, ModalityLUT.to_units)
     photometric = str(ds.PhotometricInterpretation).upper()
     lossy = _lossy_compression(ds, layout.frames, stored_values.size * layout.bits_allocated // 8)
     padding = _padding(ds, stored_values)

@@ -12,9 +12,10 @@ same ratio (``isal``, the Python bindings that ``xopen`` and ``dnaio`` use). So:
 * the filtered bytes are deflated by ISA-L at its default level into one zlib stream, the
   format IDAT requires; the stream is split into IDAT chunks of at most ``IDAT_CHUNK`` bytes;
 * an image of at least twice ``PARALLEL_MIN_BYTES`` is deflated in parts of at least that size
-  on several threads (ISA-L releases the GIL), as pigz does: each part but the last ends on a full flush, so the raw
-  deflate parts join into one valid stream, framed by one zlib header and the Adler-32 of the
-  whole. Between model calls the cores are otherwise idle: the benchmark's CT slice 2.3 -> 1.6 ms;
+  on several threads (ISA-L releases the GIL), as pigz does: each part but the last ends on a
+  full flush, so the raw deflate parts join into one valid stream, framed by one zlib header
+  and the Adler-32 of the whole. Between model calls the cores are otherwise idle: the
+  benchmark's CT slice 2.3 -> 1.6 ms;
 * no ancillary chunks: readers assume nothing about gamma or colour space for grayscale data,
   and the service's PNG carries no units (README, "PNG units").
 

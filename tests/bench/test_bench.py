@@ -76,12 +76,12 @@ def test_a_smoke_run_reports_every_scenario(models_dir: Path, tmp_path: Path) ->
     assert any("concurrency 4 throughput" in line for line in result["targets"])
 
 
-@pytest.mark.slow
 def _table(lines: list[str]) -> dict[str, str]:
     header, _, row = lines
     return dict(zip(header.strip("| ").split(" | "), row.strip("| ").split(" | "), strict=True))
 
 
+@pytest.mark.slow
 def test_the_paired_run_reports_each_sides_median_the_service_phases_and_rounds(
     models_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -104,6 +104,7 @@ def test_the_paired_run_reports_each_sides_median_the_service_phases_and_rounds(
     assert 0 < lowest <= median <= highest
 
 
+@pytest.mark.slow
 def test_the_paired_run_with_httpx_as_the_client(models_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     arguments = ["--models-dir", str(models_dir), "--pairs", "2", "--cases", "ct-512-png", "--rounds", "0"]
     assert paired_main([*arguments, "--client", "httpx"]) == 0
