@@ -88,3 +88,74 @@ def test_the_header_kept_for_writing_holds_no_pixel_data() -> None:
     kept = [meta.dataset.get_item(tag) for tag in meta.dataset.keys()] + list(meta.as_read.values())
     held = sum(len(element.value) for element in kept if isinstance(element.value, bytes))
     assert held < len(data) // 20
+
+
+def _every_kind_of_value(character_set: str | None) -> Dataset:
+    """A header as read from an Explicit VR Little Endian file, then given new values of each
+    kind ``dicom_elements`` encodes itself, and of the kinds it leaves to pydicom."""
+    ds = dicom.decode(dicom_file("693_UNCR.dcm"), "ct", max_pixels=10**8).meta.dataset
+    ds = dicom.header_copy(ds)
+    if character_set is not None:
+        ds.SpecificCharacterSet = character_set
+    ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]  # CS, multi-valued
+    ds.Modality = "CT"
+    ds.StudyDate, ds.StudyTime, ds.AcquisitionDateTime = "20261202", "101112.5", "20261202101112"
+    ds.PatientAge = "042Y"  # AS
+    ds.StationName = "STATION 1"  # SH, odd length
+    ds.InstitutionName = "Hôpital Saint-Éloi" if character_set else "Saint Eloi"  # LO
+    ds.StudyDescription = ""  # empty
+    ds.ImageComments = "line one\r\nline two"  # LT
+    ds.DerivationDescription = "x" * 1023  # ST, odd
+    ds.add_new(0x00400254, "LO", ["a", "bb", "ccc"])  # Performed Procedure Step Description, multi
+    ds.SeriesNumber = 1001  # IS from an int
+    ds.InstanceNumber = "  7"  # IS keeping its original string
+    ds.SliceThickness = "0.625"  # DS
+    ds.ImagePositionPatient = [-125.0, "-125.5", 1e-7]  # DS multi, one to format
+    ds.Rows, ds.Columns = 512, 512  # US
+    ds.add_new(0x00280106, "SS", -2000)  # Smallest Image Pixel Value, signed
+    ds.add_new(0x00180090, "DS", None)  # empty DS
+    ds.add_new(0x00091001, "UL", [1, 2**32 - 1])  # private, UL multi
+    ds.add_new(0x00091002, "FD", [0.1, -2.5])
+    ds.add_new(0x00091003, "FL", 1.5)
+    ds.add_new(0x00091004, "OB", b"\x01\x02\x03")  # odd: NUL-padded
+    ds.add_new(0x00091005, "UT", "unlimited text ")
+    ds.add_new(0x00091006, "UR", "http://example.org/a")
+    ds.add_new(0x00091007, "AE", "STORESCP")
+    ds.add_new(0x00091008, "SL", -5)
+    ds.add_new(0x00091009, "AT", 0x00100010)  # left to pydicom
+    ds.add_new(0x0009100A, "UC", "unlimited characters")
+    ds.ReferringPhysicianName = "Doe^Jane"  # PN: left to pydicom
+    ds.SOPInstanceUID = "1.2.3.4.5"  # UI, odd: NUL-padded
+    inner = Dataset()
+    inner.CodeValue, inner.CodingSchemeDesignator, inner.CodeMeaning = "113087", "DCM", "Smoothing"
+    undefined = Dataset()
+    undefined.CodeValue = "121322"
+    undefined.is_undefined_length_sequence_item = True
+    ds.DerivationCodeSequence = [inner, undefined]
+    ds.add_new(0x00082112, "SQ", [])  # empty sequence
+    ds["DerivationCodeSequence"].is_undefined_length = True
+    return ds
+
+
+@pytest.mark.parametrize("character_set", [None, "ISO_IR 100", "ISO_IR 192"])
+def test_every_kind_of_value_is_written_as_pydicom_writes_it(character_set: str | None) -> None:
+    ds = _every_kind_of_value(character_set)
+    assert dicom_writer.part10(ds, dicom._file_meta(ds)) == _pydicom_bytes(ds)
+
+
+def test_a_derived_ct_header_needs_no_element_written_by_pydicom(monkeypatch: pytest.MonkeyPatch) -> None:
+    written_by_pydicom: list[int] = []
+    monkeypatch.setattr(
+        dicom_writer, "write_data_element", lambda out, element, encoding: written_by_pydicom.append(element.tag)
+    )
+    ds = _derived("693_UNCR.dcm")
+    dicom_writer.part10(ds, dicom._file_meta(ds))
+    assert written_by_pydicom == []
+
+
+def test_values_pydicom_refuses_are_still_refused_by_pydicom() -> None:
+    ds = _derived("693_UNCR.dcm")
+    with pytest.warns(UserWarning, match="between 0 and 65535"):
+        ds.add_new(0x00091001, "US", 70000)
+    with pytest.raises(OSError, match="70000"):
+        dicom_writer.part10(ds, dicom._file_meta(ds))
