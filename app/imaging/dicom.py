@@ -216,7 +216,7 @@ def _padding(ds: Dataset, stored_values: np.ndarray) -> tuple[np.ndarray, np.nda
             "valid header."
         ) from None
     low, high = min(first, last), max(first, last)
-    mask = (stored_values >= low) & (stored_values <= high)
+    mask = stored_values == low if low == high else (stored_values >= low) & (stored_values <= high)
     return (mask, stored_values[mask]) if mask.any() else None
 
 
