@@ -29,6 +29,8 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
+from pydicom.dataelem import DataElement
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import (
@@ -243,11 +245,19 @@ def _mark_lossy(ds: Dataset, source: Dataset, lossy: LossyCompression | None) ->
     """C.7.6.1.1.5: "01" once any ancestor was lossy compressed; "00" is never written over it."""
     if lossy is None or str(source.get("LossyImageCompression", "")) == "01":
         return
-    ds.LossyImageCompression = "01"
+    _put(ds, "LossyImageCompression", "01")
     ratios = [str(v) for v in _as_list(source.get("LossyImageCompressionRatio"))]
     methods = [str(v) for v in _as_list(source.get("LossyImageCompressionMethod"))]
-    ds.LossyImageCompressionRatio = [*ratios, f"{lossy.ratio:.4g}"]
-    ds.LossyImageCompressionMethod = [*methods, lossy.method]
+    _put(ds, "LossyImageCompressionRatio", [*ratios, f"{lossy.ratio:.4g}"])
+    _put(ds, "LossyImageCompressionMethod", [*methods, lossy.method])
+
+
+def _put(ds: Dataset, keyword: str, value: object) -> None:
+    """``ds.<keyword> = value``, less the parsing of the value it replaces: setting an attribute
+    that holds an element as read first converts that element (docs/BENCHMARKS.md)."""
+    tag = tag_for_keyword(keyword)
+    assert tag is not None, keyword
+    ds[tag] = DataElement(tag, dictionary_VR(tag), value)
 
 
 def _as_list(value: object) -> list[object]:
@@ -299,12 +309,12 @@ def mark_derived(
     ds: Dataset, source: Dataset, provenance: Provenance, lossy: LossyCompression | None, now: datetime
 ) -> None:
     """Turn ``ds`` (a copy of ``source``'s header) into the header of the derived instance."""
-    ds.SOPInstanceUID = derived_uid("instance", source.get("SOPInstanceUID"), provenance)
-    ds.SeriesInstanceUID = derived_uid("series", source.get("SeriesInstanceUID"), provenance)
-    ds.InstanceCreationDate = now.strftime("%Y%m%d")
-    ds.InstanceCreationTime = now.strftime("%H%M%S")
+    _put(ds, "SOPInstanceUID", derived_uid("instance", source.get("SOPInstanceUID"), provenance))
+    _put(ds, "SeriesInstanceUID", derived_uid("series", source.get("SeriesInstanceUID"), provenance))
+    _put(ds, "InstanceCreationDate", now.strftime("%Y%m%d"))
+    _put(ds, "InstanceCreationTime", now.strftime("%H%M%S"))
     enhanced = is_enhanced(ds)
-    ds.ImageType = _image_type(source.get("ImageType"), enhanced)
+    _put(ds, "ImageType", _image_type(source.get("ImageType"), enhanced))
     _mark_frame_types(ds)
 
     derivation = _derivation_items(ds, source, provenance)
@@ -323,17 +333,17 @@ def mark_derived(
                 del group.DerivationImageSequence
         ds.SharedFunctionalGroupsSequence[0].DerivationImageSequence = Sequence([derivation])
         if "SourceImageSequence" in derivation:  # required with a Derivation Image group (C.8.13.1)
-            ds.SourceImageEvidenceSequence = Sequence([_hierarchical_reference(source)])
-    else:
-        for keyword in derivation.dir():
-            setattr(ds, keyword, derivation.get(keyword))
+            _put(ds, "SourceImageEvidenceSequence", Sequence([_hierarchical_reference(source)]))
+    else:  # the item's elements themselves: made and checked once, in ``_derivation_items``
+        for element in derivation:
+            ds[element.tag] = element
 
     equipment = [*source.get("ContributingEquipmentSequence", []), _contributing_equipment(provenance, now)]
-    ds.ContributingEquipmentSequence = Sequence(equipment)
-    ds.SeriesDescription = series_description(str(source.get("SeriesDescription", "") or ""), provenance)
+    _put(ds, "ContributingEquipmentSequence", Sequence(equipment))
+    _put(ds, "SeriesDescription", series_description(str(source.get("SeriesDescription", "") or ""), provenance))
     number = series_number(source.get("SeriesNumber"))
     if number is not None:
-        ds.SeriesNumber = number
+        _put(ds, "SeriesNumber", number)
     _mark_lossy(ds, source, lossy)
     for keyword in STALE_KEYWORDS:
         if keyword in ds:
