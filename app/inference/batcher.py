@@ -9,7 +9,9 @@ hands each caller its own slice of the output, one for one.
 Adaptive: the collector only waits for requests it knows are coming. A request announces itself
 (``expect()``) when its model is chosen and counts as *preparing* until its tiles are queued; with
 nobody preparing, the collector runs what is queued at once, so a lone request adds no batch
-delay. Under load, requests queue while the previous batch runs and are taken together without
+delay. Such a lone submission, with nothing queued or running for its model and an execution slot
+free, runs in its caller's own thread: the hand-off to the collector and back would be two thread
+wake-ups. Under load, requests queue while the previous batch runs and are taken together without
 waiting at all.
 
 A batch that fails is run again one submission at a time, so a request whose tile makes the model
@@ -103,6 +105,7 @@ class MicroBatcher:
         self._seconds_per_tile = 0.0  # running estimate, for Retry-After
         self._stopped_by: BaseException | None = None  # a bug that ended the collector thread
         self._in_hand: list[_Item] = []
+        self._running_here = False  # a submission runs in its caller's thread (``_alone``)
         self._worker = threading.Thread(target=self._serve, name=f"batcher-{name}", daemon=True)
         self._worker.start()
 
@@ -149,12 +152,26 @@ class MicroBatcher:
             if self._stopped_by is not None:
                 raise self._unavailable()
             self._refuse_if_full(item.tiles)
-            self._queue.append(item)
-            self._queued_tiles += item.tiles
             if ticket is not None and not ticket.queued:
                 ticket.queued = True
                 self._preparing -= 1
-            self._condition.notify_all()
+            run_here = self._alone() and self._execution.acquire(blocking=False)
+            if run_here:
+                self._running_here = True
+            else:
+                self._queue.append(item)
+                self._queued_tiles += item.tiles
+                self._condition.notify_all()
+        if run_here:
+            try:
+                self._run_batch([item])
+            except BaseException as error:  # a bug, as if in the collector: it stops the model
+                self._stop(error, [item])
+            finally:
+                self._execution.release()
+                with self._condition:  # what queued meanwhile is the collector's now
+                    self._running_here = False
+                    self._condition.notify_all()
         try:
             return item.future.result()
         finally:
@@ -163,6 +180,12 @@ class MicroBatcher:
                     ticket.queued = False
                     if not ticket.closed:  # it may submit again (the next group of tiles)
                         self._preparing += 1
+
+    def _alone(self) -> bool:
+        """Nothing queued, in hand or announced: no batch could form with this submission, so
+        its own thread runs it. A hand-off to the collector and back is two thread wake-ups,
+        0.3-0.4 ms each on this machine's idle cores (docs/BENCHMARKS.md)."""
+        return not self._queue and not self._in_hand and not self._running_here and self._preparing == 0
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Finish what is queued, then stop the collector thread."""
@@ -218,8 +241,10 @@ class MicroBatcher:
 
     def _collect(self) -> list[_Item] | None:
         with self._condition:
-            while not self._queue:
-                if self._closed:
+            # While a submission runs in its own thread, later ones queue as they would behind
+            # the collector's own model call, and form the next batch when it returns.
+            while not self._queue or self._running_here:
+                if (self._closed and not self._queue) or self._stopped_by is not None:
                     return None
                 self._condition.wait()
             deadline = self._queue[0].enqueued + self.max_delay_s
@@ -237,17 +262,21 @@ class MicroBatcher:
         try:
             self._serve_until_closed()
         except BaseException as error:
-            # A bug here would otherwise leave every queued and later request waiting forever:
-            # fail them now, refuse new ones, and let /readyz say so.
-            stack = "".join(traceback.format_tb(error.__traceback__))  # not the message: it may quote data
-            logger.error("batcher %s stopped: %s\n%s", self.name, type(error).__name__, stack)
-            with self._condition:
-                self._stopped_by = error
-                waiting, self._queue = [*self._in_hand, *self._queue], deque()
-                self._queued_tiles = 0
-            for item in waiting:
-                if not item.future.done():
-                    item.future.set_exception(self._unavailable())
+            self._stop(error)
+
+    def _stop(self, error: BaseException, running: list[_Item] | None = None) -> None:
+        """A bug would otherwise leave every queued and later request waiting forever: fail them
+        now, refuse new ones, and let /readyz say so."""
+        stack = "".join(traceback.format_tb(error.__traceback__))  # not the message: it may quote data
+        logger.error("batcher %s stopped: %s\n%s", self.name, type(error).__name__, stack)
+        with self._condition:
+            self._stopped_by = error
+            waiting, self._queue = [*(running or []), *self._in_hand, *self._queue], deque()
+            self._queued_tiles = 0
+            self._condition.notify_all()  # the collector ends too
+        for item in waiting:
+            if not item.future.done():
+                item.future.set_exception(self._unavailable())
 
     def _serve_until_closed(self) -> None:
         while True:

@@ -93,6 +93,24 @@ def test_a_lone_request_runs_at_once(make_batcher: Callable[..., MicroBatcher]) 
     np.testing.assert_array_equal(output, tiles(6))
 
 
+def test_a_lone_submission_runs_in_its_own_thread(make_batcher: Callable[..., MicroBatcher]) -> None:
+    # No batch can form, so no hand-off to the collector thread and back (two wake-ups).
+    threads: list[threading.Thread] = []
+
+    def recording(batch: np.ndarray) -> np.ndarray:
+        threads.append(threading.current_thread())
+        return batch * 2
+
+    batcher = make_batcher(recording, max_delay_s=0.05)
+    with batcher.expect() as ticket:
+        output, _ = batcher.submit(tiles(3), ticket)
+    np.testing.assert_array_equal(output, tiles(6))
+    assert threads == [threading.current_thread()]
+    with batcher.expect() as ticket, batcher.expect():  # another request announced: it may join
+        in_daemon_thread(batcher.submit, tiles(1), ticket).result(10)
+    assert threads[1] is not threading.current_thread() and threads[1].name == "batcher-test"
+
+
 def test_a_forming_batch_waits_for_announced_requests(make_batcher: Callable[..., MicroBatcher]) -> None:
     model = GatedModel()
     batcher = make_batcher(model)
@@ -336,6 +354,32 @@ class Panic(BaseException):
     """Like pyo3's PanicException: not an Exception, so the model-failure path does not catch it."""
 
 
+def test_a_bug_in_the_collector_fails_its_waiters_and_refuses_new_work(
+    make_batcher: Callable[..., MicroBatcher],
+) -> None:
+    model = GatedModel()
+
+    def panicking_after_the_first(batch: np.ndarray) -> np.ndarray:
+        if model.sizes:
+            raise Panic("a bug")
+        return model(batch)
+
+    batcher = make_batcher(panicking_after_the_first, max_delay_s=0)
+    model.gate.clear()
+    first = in_daemon_thread(batcher.submit, tiles(1))  # runs in its own thread, held at the gate
+    assert model.entered.wait(10)
+    queued = [in_daemon_thread(batcher.submit, tiles(v)) for v in (2, 3)]  # the collector's batch
+    wait_for(lambda: batcher.queued_tiles == 2)
+    model.gate.set()
+    np.testing.assert_array_equal(first.result(10)[0], tiles(2))
+    for waiting in queued:
+        with pytest.raises(ModelUnavailable, match="inference worker stopped"):
+            waiting.result(10)
+    assert batcher.stopped and batcher.queued_tiles == 0
+    with pytest.raises(ModelUnavailable, match="Panic"):
+        batcher.submit(tiles(4))
+
+
 def test_a_worker_stopped_by_a_bug_fails_its_waiters_and_refuses_new_work(
     make_batcher: Callable[..., MicroBatcher],
 ) -> None:
@@ -343,6 +387,7 @@ def test_a_worker_stopped_by_a_bug_fails_its_waiters_and_refuses_new_work(
         raise Panic("a bug")
 
     batcher = make_batcher(panicking, max_delay_s=0)
+    # Alone, it runs in its own thread: the bug stops the model all the same.
     waiting = in_daemon_thread(batcher.submit, tiles(1))  # a hang would fail here, not stall
     with pytest.raises(ModelUnavailable, match="inference worker stopped"):
         waiting.result(10)
