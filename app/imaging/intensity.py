@@ -82,11 +82,19 @@ def window_for(pixels: np.ndarray, spec: NormalisationSpec) -> IntensityWindow:
     return IntensityWindow(low, high)
 
 
+# Each temporary of an image's size is a pass over memory on the request's critical path, so
+# both directions work in one float64 array (or the caller's ``out``).
+
+
 def to_unit_range(pixels: np.ndarray, window: IntensityWindow) -> np.ndarray:
     """Map values in the image's units to model units (float32); no clipping."""
-    return ((np.asarray(pixels, dtype=np.float64) - window.low) / window.width).astype(np.float32)
+    unit = np.subtract(pixels, window.low, dtype=np.float64)
+    unit /= window.width
+    return unit.astype(np.float32)
 
 
-def from_unit_range(unit: np.ndarray, window: IntensityWindow) -> np.ndarray:
-    """Exact inverse of :func:`to_unit_range` (float64, in the image's units)."""
-    return np.asarray(unit, dtype=np.float64) * window.width + window.low
+def from_unit_range(unit: np.ndarray, window: IntensityWindow, out: np.ndarray | None = None) -> np.ndarray:
+    """Exact inverse of :func:`to_unit_range` (float64, in the image's units), into ``out`` if given."""
+    values = np.multiply(unit, window.width, out=out, dtype=np.float64)
+    values += window.low
+    return values

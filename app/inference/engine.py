@@ -115,7 +115,7 @@ class Denoiser:
             timer.add_seconds("queue", queued)
             timer.add_seconds("infer", now - started - queued)
             started = now
-            denoised[index] = from_unit_range(result, window)
+            from_unit_range(result, window, out=denoised[index])
             timer.add("postprocess", started)
         return denoised
 
