@@ -36,7 +36,8 @@ def part10(ds: Dataset, file_meta: FileMetaDataset) -> bytes:
     if any(tag.group in (0x0000, 0x0002) for tag in ds.keys()):
         raise ValueError("Command Set or File Meta elements in the dataset cannot be written")
     chunks = [PREAMBLE, *_file_meta_chunks(file_meta)]
-    if ds.original_encoding == EXPLICIT_LITTLE and ds.original_character_set == _text_encoding(ds):
+    # pydicom's own rule (``write_dataset``) for writing raw elements back as they came.
+    if ds.original_encoding == EXPLICIT_LITTLE and ds.original_character_set == ds._character_set:
         chunks += _explicit_little_chunks(ds)
     else:  # pydicom converts every element to the new encoding (and ambiguous VRs with them)
         out = _buffer()
@@ -62,12 +63,6 @@ def _file_meta_chunks(file_meta: FileMetaDataset) -> Chunks:
         return [out.getvalue()]
     length = sum(map(len, body))
     return [struct.pack("<HH2sHI", 0x0002, 0x0000, b"UL", 4, length), *body]
-
-
-def _text_encoding(ds: Dataset) -> str | list[str]:
-    """The character sets of ``ds``'s text now (Specific Character Set, PS3.5 6.1.2.1), as pydicom
-    names them; a top-level dataset without one is in the default repertoire."""
-    return text_encodings(ds.get("SpecificCharacterSet"))
 
 
 def _explicit_little_chunks(ds: Dataset) -> Chunks:

@@ -143,14 +143,27 @@ def test_every_kind_of_value_is_written_as_pydicom_writes_it(character_set: str 
     assert dicom_writer.part10(ds, dicom._file_meta(ds)) == _pydicom_bytes(ds)
 
 
-def test_a_derived_ct_header_needs_no_element_written_by_pydicom(monkeypatch: pytest.MonkeyPatch) -> None:
-    written_by_pydicom: list[int] = []
-    monkeypatch.setattr(
-        dicom_writer, "write_data_element", lambda out, element, encoding: written_by_pydicom.append(element.tag)
-    )
-    ds = _derived("693_UNCR.dcm")
+def _derived_from_bytes(data: bytes) -> Dataset:
+    image = dicom.decode(data, None, max_pixels=10**8)
+    meta: dicom.DicomMeta = image.meta
+    ds = dicom.header_copy(meta.dataset, meta.as_read)
+    dicom_derive.mark_derived(ds, meta.dataset, Provenance("m", "1"), meta.lossy, datetime(2026, 12, 1))
+    ds[0x7FE00010] = dicom._pixel_data_element(dicom.stored_values_of(image), int(meta.dataset.BitsAllocated))
+    return ds
+
+
+@pytest.mark.parametrize(
+    "data",
+    [dicom_file("693_UNCR.dcm"), b.dicom_bytes(b.ct_dataset())],
+    ids=["ISO_IR 100", "no Specific Character Set"],
+)
+def test_a_derived_ct_header_needs_nothing_written_by_pydicom(data: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    by_pydicom: list[object] = []
+    monkeypatch.setattr(dicom_writer, "write_data_element", lambda out, element, enc: by_pydicom.append(element.tag))
+    monkeypatch.setattr(dicom_writer, "write_dataset", lambda out, ds: by_pydicom.append("the whole dataset"))
+    ds = _derived_from_bytes(data)
     dicom_writer.part10(ds, dicom._file_meta(ds))
-    assert written_by_pydicom == []
+    assert by_pydicom == []
 
 
 def test_values_pydicom_refuses_are_still_refused_by_pydicom() -> None:
