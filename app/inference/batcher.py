@@ -103,7 +103,7 @@ class MicroBatcher:
         self._preparing = 0
         self._closed = False
         self._seconds_per_tile = 0.0  # running estimate, for Retry-After
-        self._stopped_by: BaseException | None = None  # a bug that ended the collector thread
+        self._stopped_by: BaseException | None = None  # a bug in a model run or the collector
         self._in_hand: list[_Item] = []
         self._running_here = False  # a submission runs in its caller's thread (``_alone``)
         self._worker = threading.Thread(target=self._serve, name=f"batcher-{name}", daemon=True)
@@ -182,9 +182,9 @@ class MicroBatcher:
                         self._preparing += 1
 
     def _alone(self) -> bool:
-        """Nothing queued, in hand or announced: no batch could form with this submission, so
-        its own thread runs it. A hand-off to the collector and back is two thread wake-ups,
-        0.3-0.4 ms each on this machine's idle cores (docs/BENCHMARKS.md)."""
+        """Nothing queued, in hand, running or announced: no batch could form with this
+        submission, so its own thread runs it. A hand-off to the collector and back is two
+        thread wake-ups, 0.28-0.45 ms each on this machine's idle cores (docs/BENCHMARKS.md)."""
         return not self._queue and not self._in_hand and not self._running_here and self._preparing == 0
 
     def close(self, timeout_s: float = 10.0) -> None:
@@ -200,7 +200,7 @@ class MicroBatcher:
 
     @property
     def stopped(self) -> bool:
-        """Whether the collector thread died of a bug (not closed): nothing can run any more."""
+        """Whether a bug stopped the model's inference (not closed): nothing can run any more."""
         return self._stopped_by is not None
 
     def _unavailable(self) -> ModelUnavailable:
