@@ -175,20 +175,21 @@ def _converted_vr(ds: Dataset, tag: BaseTag, raw: RawDataElement) -> str | None:
         except KeyError:
             return None
     encoding = ds.original_character_set
-    if vr == VR.SQ or vr in AMBIGUOUS_VR or raw.value is None or not encoding or tag.is_private:
-        return None
-    if tag == _SPECIFIC_CHARACTER_SET:
+    number = int(tag)  # pydicom's tags hash and compare in Python: the int does it in C
+    if vr == VR.SQ or vr in AMBIGUOUS_VR or raw.value is None or not encoding or (number >> 16) & 1:
+        return None  # ... or a private tag
+    if number == _SPECIFIC_CHARACTER_SET:
         encoding = default_encoding
     if len(raw.value) > _REMEMBERED_VALUE_BYTES:
         converted = convert_raw_data_element(raw, encoding=encoding, ds=ds).VR
-    else:  # where the element sits in its file is no part of its value
-        key = raw._replace(value_tell=0)
+    else:  # where the element sits in its file (value_tell) is no part of its value
+        key = (number, *raw[1:4], 0, *raw[5:])
         converted = _remembered_vr(key, encoding if isinstance(encoding, str) else tuple(encoding))
     return None if converted == VR.SQ else converted  # an UN read as a sequence: ds[tag] parses it
 
 
 @functools.lru_cache(maxsize=4096)
-def _remembered_vr(raw: RawDataElement, encoding: str | tuple[str, ...]) -> str:
+def _remembered_vr(key: tuple[object, ...], encoding: str | tuple[str, ...]) -> str:
     """``raw``'s VR once converted, remembered for the next file with the same element.
 
     For a public tag with its VR known, converting depends on nothing but the element's bytes,
@@ -196,6 +197,7 @@ def _remembered_vr(raw: RawDataElement, encoding: str | tuple[str, ...]) -> str:
     patient, the study, the equipment, the geometry but the position), so the slices after the
     first are checked from here. Failures raise and are not remembered.
     """
+    raw = RawDataElement(BaseTag(key[0]), *key[1:])  # type: ignore[arg-type]
     charset = encoding if isinstance(encoding, str) else list(encoding)
     return str(convert_raw_data_element(raw, encoding=charset).VR)
 
@@ -222,7 +224,7 @@ def check_values(ds: Dataset) -> None:
                 "header is valid."
             ) from None
         is_sequence = vr == VR.SQ
-        if is_sequence != _is_sequence_attribute(tag) and not tag.is_private:
+        if is_sequence != _is_sequence_attribute(int(tag)) and not tag.is_private:
             raise InvalidImage(
                 f"The DICOM element {tag} has VR {vr}, which its attribute does not allow; "
                 "send a file whose header is valid."
