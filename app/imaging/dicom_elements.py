@@ -12,7 +12,7 @@ up a writer per element: for a CT slice's derived header, a third of writing it
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from pydicom.charset import convert_encodings, default_encoding, encode_string
 from pydicom.dataelem import DataElement, RawDataElement
@@ -62,7 +62,7 @@ def element_chunks(element: DataElement | RawDataElement, encodings: list[str]) 
         if vr != "SQ":  # encapsulated pixel data: pydicom checks it
             return None
         return [_header(tag, vr, UNDEFINED_LENGTH), *value, _SEQUENCE_DELIMITER]
-    length = _length(value)
+    length = chunks_length(value)
     if vr not in _EXPLICIT_32 and length > 0xFFFF:  # pydicom makes it UN, with a warning
         return None
     return [_header(tag, vr, length), *value]
@@ -81,9 +81,16 @@ def raw_header(raw: RawDataElement) -> bytes | None:
     return _header(raw.tag, vr, len(value))
 
 
-def dataset_chunks(ds: Dataset, parent_encodings: list[str], skip: int | None = None) -> Chunks | None:
+# Writes one element the way pydicom does, given the dataset's text encodings.
+Fallback = Callable[[DataElement | RawDataElement, list[str]], bytes]
+
+
+def dataset_chunks(
+    ds: Dataset, parent_encodings: list[str], skip: int | None = None, fallback: Fallback | None = None
+) -> Chunks | None:
     """A dataset's elements in tag order (but ``skip``) as pydicom's ``write_dataset`` writes
-    them into an Explicit VR Little Endian file, or None where pydicom must write one of them."""
+    them into an Explicit VR Little Endian file. An element ``element_chunks`` leaves to pydicom
+    goes to ``fallback``; without one, the answer is None (pydicom must write the dataset)."""
     # pydicom parses the raw elements of a dataset read in another encoding or character set
     # and writes them anew; those of one read like this are written back as they came.
     as_read = ds.original_encoding == EXPLICIT_LITTLE and ds.original_character_set == ds._character_set
@@ -93,14 +100,17 @@ def dataset_chunks(ds: Dataset, parent_encodings: list[str], skip: int | None = 
     for tag in sorted(ds.keys()):
         if tag == skip or (tag.element == 0 and tag.group > 6):  # group lengths are retired (PS3.5 7.2)
             continue
-        encoded = element_chunks(ds.get_item(tag) if as_read else ds[tag], encodings)
+        element = ds.get_item(tag) if as_read else ds[tag]
+        encoded = element_chunks(element, encodings)
         if encoded is None:
-            return None
+            if fallback is None:
+                return None
+            encoded = [fallback(element, encodings)]
         chunks += encoded
     return chunks
 
 
-def _length(chunks: Chunks) -> int:
+def chunks_length(chunks: Chunks) -> int:
     return sum(map(len, chunks))
 
 
@@ -147,7 +157,7 @@ def _sequence_chunks(items: Iterable[Dataset], encodings: list[str]) -> Chunks |
         if getattr(item, "is_undefined_length_sequence_item", False):
             chunks += [struct.pack("<HHI", 0xFFFE, _ITEM, UNDEFINED_LENGTH), *body, _ITEM_DELIMITER]
         else:
-            chunks += [struct.pack("<HHI", 0xFFFE, _ITEM, _length(body)), *body]
+            chunks += [struct.pack("<HHI", 0xFFFE, _ITEM, chunks_length(body)), *body]
     return chunks
 
 

@@ -20,7 +20,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_data_element, write_dataset, write_file_meta_info
 from pydicom.tag import tag_in_exception
 
-from app.imaging.dicom_elements import EXPLICIT_LITTLE, Chunks, dataset_chunks, element_chunks, text_encodings
+from app.imaging.dicom_elements import EXPLICIT_LITTLE, Chunks, chunks_length, dataset_chunks
 
 PREAMBLE = b"\x00" * 128 + b"DICM"
 _GROUP_LENGTH = 0x00020000
@@ -38,7 +38,9 @@ def part10(ds: Dataset, file_meta: FileMetaDataset) -> bytes:
     chunks = [PREAMBLE, *_file_meta_chunks(file_meta)]
     # pydicom's own rule (``write_dataset``) for writing raw elements back as they came.
     if ds.original_encoding == EXPLICIT_LITTLE and ds.original_character_set == ds._character_set:
-        chunks += _explicit_little_chunks(ds)
+        body = dataset_chunks(ds, [default_encoding], fallback=_pydicom_bytes)
+        assert body is not None  # with a fallback every element is written
+        chunks += body
     else:  # pydicom converts every element to the new encoding (and ambiguous VRs with them)
         out = _buffer()
         write_dataset(out, ds)
@@ -61,26 +63,11 @@ def _file_meta_chunks(file_meta: FileMetaDataset) -> Chunks:
         out = _buffer()
         write_file_meta_info(out, file_meta, enforce_standard=True)
         return [out.getvalue()]
-    length = sum(map(len, body))
-    return [struct.pack("<HH2sHI", 0x0002, 0x0000, b"UL", 4, length), *body]
+    return [struct.pack("<HH2sHI", 0x0002, 0x0000, b"UL", 4, chunks_length(body)), *body]
 
 
-def _explicit_little_chunks(ds: Dataset) -> Chunks:
-    """pydicom's ``write_dataset`` for a dataset read as Explicit VR Little Endian."""
-    specific = ds.get("SpecificCharacterSet", default_encoding)
-    encodings = text_encodings(specific)
-    chunks: Chunks = []
-    for tag in sorted(ds.keys()):
-        if tag.element == 0 and tag.group > 6:  # group lengths are retired (PS3.5 7.2)
-            continue
-        element = ds.get_item(tag)
-        encoded = element_chunks(element, encodings)
-        chunks += encoded if encoded is not None else [_pydicom_bytes(element, specific)]
-    return chunks
-
-
-def _pydicom_bytes(element: DataElement | RawDataElement, encoding: object) -> bytes:
+def _pydicom_bytes(element: DataElement | RawDataElement, encodings: list[str]) -> bytes:
     out = _buffer()
     with tag_in_exception(element.tag):
-        write_data_element(out, element, encoding)  # type: ignore[arg-type]
+        write_data_element(out, element, encodings)
     return out.getvalue()
