@@ -11,13 +11,14 @@ import anyio.to_thread
 from fastapi import APIRouter, File, Form, Header, Request, Response, UploadFile
 
 from app.api.deps import PipelineDep, SettingsDep, TelemetryDep
+from app.api.form_body import FormBodyRoute
 from app.api.schemas import DATA_RANGE_DOC, PNG_UNITS_DOC, RETRY_AFTER, DenoiseJSONResponse, ErrorResponse
 from app.imaging import codec, preview
 from app.imaging.codec import FILE_SUFFIXES
 from app.inference.card import Modality
 from app.pipeline import DenoiseOutcome, DenoiseRequest, MetricsMode, RequestLabels
 
-router = APIRouter(tags=["denoise"])
+router = APIRouter(tags=["denoise"], route_class=FormBodyRoute)
 
 _ERRORS = {
     400: "invalid_image: not an image, empty, truncated or corrupt, or a header that contradicts its data",
