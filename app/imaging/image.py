@@ -34,13 +34,15 @@ def within_units_limit(low: float, high: float) -> bool:
 
 
 def linear_to_units(stored: np.ndarray, slope: float, intercept: float) -> np.ndarray:
-    """``slope * stored + intercept`` as float64."""
-    units = np.array(stored, dtype=np.float64)  # a copy: never a view of the caller's array
+    """``slope * stored + intercept`` as float64 (a new array, never a view of ``stored``)."""
+    # The first operation converts as it goes: the same numbers as a converted copy changed in
+    # place, one pass over the image less.
     if slope != 1:
-        units *= slope
-    if intercept != 0:
-        units += intercept
-    return units
+        units = np.multiply(stored, slope, dtype=np.float64)
+        if intercept != 0:
+            units += intercept
+        return units
+    return np.add(stored, intercept, dtype=np.float64)
 
 
 def linear_to_stored(units: np.ndarray, slope: float, intercept: float, low: int, high: int) -> np.ndarray:

@@ -188,6 +188,24 @@ def test_modality_lut_sequence_is_applied_and_inverted() -> None:
     assert "ModalityLUTSequence" in derived and "RescaleSlope" not in derived
 
 
+@pytest.mark.parametrize(
+    ("slope", "intercept", "refused"),
+    [("1", "-1024", False), ("-2.5", "100", False), ("1e10", "1e20", False), ("-1e27", "0", True), ("1", "2e30", True)],
+)
+def test_the_units_limit_is_checked_from_the_stored_extremes(slope: str, intercept: str, refused: bool) -> None:
+    """The check reads the stored values' extremes through the LUT: the same verdict and numbers
+    as the float64 frames' own minimum and maximum, for any sign of the slope."""
+    data = b.ct_bytes(RescaleSlope=slope, RescaleIntercept=intercept)
+    if refused:
+        with pytest.raises(InvalidImage, match="beyond"):
+            dicom.decode(data, None, 10**6)
+        return
+    image = dicom.decode(data, None, 10**6)
+    stored = dicom.stored_values_of(image)
+    assert dicom._units_extremes(image.meta, stored, image.frames) == (image.frames.min(), image.frames.max())
+    assert image.frames.min() < image.frames.max()  # the pixels vary, so the order of the ends counts
+
+
 def test_table_lut_inverse_takes_the_nearest_entry() -> None:
     lut = ModalityLUT(first_mapped=-2, table=np.array([0.0, 0.0, 10.0, 20.0, 40.0]))
     stored = lut.to_stored(np.array([0.0, 9.0, 14.9, 15.1, 39.0, 1000.0, -5.0]), low=-2, high=2)
