@@ -97,8 +97,10 @@ def dataset_chunks(
     specific = ds.get("SpecificCharacterSet")
     encodings = text_encodings(specific) if specific is not None else parent_encodings
     chunks: Chunks = []
-    for tag in sorted(ds.keys()):
-        if tag == skip or (tag.element == 0 and tag.group > 6):  # group lengths are retired (PS3.5 7.2)
+    # pydicom's tags compare in Python (and raise inside their == for None); their ints in C.
+    for tag in sorted(ds.keys(), key=int):
+        number = int(tag)
+        if number == skip or (number & 0xFFFF == 0 and number >> 16 > 6):  # group lengths are retired (PS3.5 7.2)
             continue
         element = ds.get_item(tag) if as_read else ds[tag]
         encoded = element_chunks(element, encodings)

@@ -33,7 +33,7 @@ def part10(ds: Dataset, file_meta: FileMetaDataset) -> bytes:
     (0002) elements in the dataset, a file meta missing required elements, values that cannot
     be encoded.
     """
-    if any(tag.group in (0x0000, 0x0002) for tag in ds.keys()):
+    if any(int(tag) >> 16 in (0x0000, 0x0002) for tag in ds.keys()):
         raise ValueError("Command Set or File Meta elements in the dataset cannot be written")
     chunks = [PREAMBLE, *_file_meta_chunks(file_meta)]
     # pydicom's own rule (``write_dataset``) for writing raw elements back as they came.
