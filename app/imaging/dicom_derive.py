@@ -24,6 +24,7 @@ cites the part of PS3.3 it implements:
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import uuid
 from dataclasses import dataclass
@@ -101,10 +102,32 @@ class LossyCompression:
     ratio: float
 
 
-def _code(value: tuple[str, str, str]) -> Dataset:
-    item = Dataset()
-    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value
-    return item
+def _element(keyword: str, value: object) -> DataElement:
+    """A new element holding ``value``, with its dictionary VR."""
+    tag = tag_for_keyword(keyword)
+    assert tag is not None, keyword
+    return DataElement(tag, dictionary_VR(tag), value)
+
+
+def _item(*elements: DataElement) -> Dataset:
+    """A new sequence item of ``elements``.
+
+    Given as a mapping, the elements are stored as they are: ``Dataset.__setitem__`` checks and
+    converts each one for what a new item of public, parsed elements never needs (private
+    creators, elements as read), at 4-5 us an element. Elements are shared between the items that
+    hold them (the constant ones are made once per process) and never changed.
+    """
+    return Dataset({element.tag: element for element in elements})
+
+
+@functools.cache
+def _code_elements(code: tuple[str, str, str]) -> tuple[DataElement, ...]:
+    keywords = ("CodeValue", "CodingSchemeDesignator", "CodeMeaning")
+    return tuple(_element(keyword, value) for keyword, value in zip(keywords, code, strict=True))
+
+
+def _code(code: tuple[str, str, str]) -> Dataset:
+    return _item(*_code_elements(code))
 
 
 def derived_uid(kind: str, source_uid: str | None, provenance: Provenance) -> UID:
@@ -194,25 +217,32 @@ def _mark_frame_types(ds: Dataset) -> None:
 
 def _derivation_items(ds: Dataset, source: Dataset, provenance: Provenance) -> Dataset:
     """Derivation Description, Derivation Code and Source Image Sequence in one item."""
-    item = Dataset()
     earlier = str(source.get("DerivationDescription", "") or "").strip()
     text = provenance.description + (f"; source: {earlier}" if earlier else "")
-    item.DerivationDescription = text[:_ST_LENGTH]
     codes = [*source.get("DerivationCodeSequence", []), _code(DERIVATION_CODE)]
-    item.DerivationCodeSequence = Sequence(codes)
+    elements = [
+        _element("DerivationDescription", text[:_ST_LENGTH]),
+        _element("DerivationCodeSequence", Sequence(codes)),
+    ]
     if "SOPClassUID" in source and "SOPInstanceUID" in source:
-        reference = Dataset()
-        reference.ReferencedSOPClassUID = source.SOPClassUID
-        reference.ReferencedSOPInstanceUID = source.SOPInstanceUID
-        reference.PurposeOfReferenceCodeSequence = Sequence([_code(SOURCE_PURPOSE_CODE)])
-        item.SourceImageSequence = Sequence([reference])
-    return item
+        reference = _item(
+            _element("ReferencedSOPClassUID", source.SOPClassUID),
+            _element("ReferencedSOPInstanceUID", source.SOPInstanceUID),
+            _element("PurposeOfReferenceCodeSequence", Sequence([_code(SOURCE_PURPOSE_CODE)])),
+        )
+        elements.append(_element("SourceImageSequence", Sequence([reference])))
+    return _item(*elements)
 
 
 def is_enhanced(ds: Dataset) -> bool:
     """A multi-frame functional group IOD (Enhanced CT / MR / XA ..., C.7.6.16)."""
-    named = "Enhanced" in getattr(UID(str(ds.get("SOPClassUID", ""))), "name", "")
+    named = _is_enhanced_class(str(ds.get("SOPClassUID", "")))
     return named or "SharedFunctionalGroupsSequence" in ds or "PerFrameFunctionalGroupsSequence" in ds
+
+
+@functools.lru_cache(maxsize=256)  # a few classes in practice; bounded against made-up ones
+def _is_enhanced_class(sop_class_uid: str) -> bool:
+    return "Enhanced" in getattr(UID(sop_class_uid), "name", "")
 
 
 def _hierarchical_reference(source: Dataset) -> Dataset:
@@ -229,16 +259,24 @@ def _hierarchical_reference(source: Dataset) -> Dataset:
     return study
 
 
-def _contributing_equipment(provenance: Provenance, now: datetime) -> Dataset:
-    item = Dataset()
-    item.PurposeOfReferenceCodeSequence = Sequence([_code(EQUIPMENT_PURPOSE_CODE)])
-    item.Manufacturer = SOFTWARE_NAME
-    item.ManufacturerModelName = f"{SOFTWARE_NAME} model {provenance.model_id}"[:_LO_LENGTH]
+@functools.lru_cache(maxsize=64)
+def _equipment_elements(provenance: Provenance) -> tuple[DataElement, ...]:
+    """What the Contributing Equipment item says of this software and the model, made once."""
     model = f"{provenance.model_id} {provenance.model_version}"[:_LO_LENGTH]
-    item.SoftwareVersions = [SOFTWARE_VERSION, model]
-    item.ContributionDateTime = now.strftime("%Y%m%d%H%M%S")
-    item.ContributionDescription = provenance.description[:_ST_LENGTH]
-    return item
+    return (
+        _element("Manufacturer", SOFTWARE_NAME),
+        _element("ManufacturerModelName", f"{SOFTWARE_NAME} model {provenance.model_id}"[:_LO_LENGTH]),
+        _element("SoftwareVersions", [SOFTWARE_VERSION, model]),
+        _element("ContributionDescription", provenance.description[:_ST_LENGTH]),
+    )
+
+
+def _contributing_equipment(provenance: Provenance, now: datetime) -> Dataset:
+    return _item(
+        _element("PurposeOfReferenceCodeSequence", Sequence([_code(EQUIPMENT_PURPOSE_CODE)])),
+        *_equipment_elements(provenance),
+        _element("ContributionDateTime", now.strftime("%Y%m%d%H%M%S")),
+    )
 
 
 def _mark_lossy(ds: Dataset, source: Dataset, lossy: LossyCompression | None) -> None:
@@ -255,9 +293,8 @@ def _mark_lossy(ds: Dataset, source: Dataset, lossy: LossyCompression | None) ->
 def _put(ds: Dataset, keyword: str, value: object) -> None:
     """``ds.<keyword> = value``, less the parsing of the value it replaces: setting an attribute
     that holds an element as read first converts that element (docs/BENCHMARKS.md)."""
-    tag = tag_for_keyword(keyword)
-    assert tag is not None, keyword
-    ds[tag] = DataElement(tag, dictionary_VR(tag), value)
+    element = _element(keyword, value)
+    ds[element.tag] = element
 
 
 def _as_list(value: object) -> list[object]:
