@@ -399,19 +399,30 @@ def header_copy(source: Dataset, as_read: Mapping[BaseTag, RawDataElement] | Non
     (docs/BENCHMARKS.md).
     The source's preamble is not copied: the derived file's preamble is zeros.
     """
-    ds = Dataset()
-    implicit, little = source.original_encoding
-    if implicit is not None and little is not None:
-        ds.set_original_encoding(implicit, little, source.original_character_set)
     as_read = as_read or {}
+    elements: dict[BaseTag, DataElement | RawDataElement] = {}
+    sequences_and_private = []
     for tag in source.keys():
         element = as_read.get(tag)
         if element is None:
             element = source.get_item(tag)
-        if element is None or element.is_raw:  # still as read: immutable, written back as it came
-            ds[tag] = element
+        assert element is not None  # a key of the dataset
+        if int(tag) >> 16 & 1 or element.VR == VR.SQ:
+            sequences_and_private.append(element)
+        elif element.is_raw:  # still as read: immutable, written back as it came
+            elements[tag] = element
         else:
-            ds[tag] = copy.deepcopy(element) if element.VR == VR.SQ else copy.copy(element)
+            elements[tag] = copy.copy(element)
+    # The others need none of what ``Dataset.__setitem__`` does per element (private creators,
+    # the Pixel Representation passed into sequences): a mapping is stored as it is.
+    ds = Dataset(elements)
+    implicit, little = source.original_encoding
+    if implicit is not None and little is not None:
+        ds.set_original_encoding(implicit, little, source.original_character_set)
+    for element in sequences_and_private:
+        if not element.is_raw:
+            element = copy.deepcopy(element) if element.VR == VR.SQ else copy.copy(element)
+        ds[element.tag] = element
     return ds
 
 
