@@ -343,11 +343,11 @@ def stored_values_of(image: Image) -> np.ndarray:
     if meta.photometric == "MONOCHROME1":
         frames = invert_monochrome1(frames, _units_ranges(meta))
     low, high = meta.stored_limits
-    stored = _per_frame(meta.luts, frames, lambda lut, values: lut.to_stored(values, low, high))
+    stored = _per_frame(meta.luts, frames, lambda lut, values: lut.to_stored(values, low, high, meta.dtype))
     if meta.padding is not None:
         mask, values = meta.padding
         stored[mask] = values  # the denoised padding is discarded: padding stays padding
-    return stored.astype(meta.dtype)
+    return stored
 
 
 def _pixel_data_element(values: np.ndarray, bits_allocated: int) -> DataElement:

@@ -14,6 +14,7 @@ stores, and the derived instance keeps them as they were (they stay valid becaus
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -48,10 +49,9 @@ class ModalityLUT:
         index = np.clip(values - self.first_mapped, 0, self.table.size - 1).astype(np.intp)
         return self.table[index]
 
-    def to_stored(self, units: np.ndarray, low: int, high: int) -> np.ndarray:
-        """The stored values in ``low..high`` whose units are nearest to ``units``: whole numbers,
-        float64 for the linear LUT (one conversion less on the way to the stored type), int64 for
-        a table.
+    def to_stored(self, units: np.ndarray, low: int, high: int, dtype: np.dtype[Any]) -> np.ndarray:
+        """The stored values in ``low..high`` whose units are nearest to ``units``, in ``dtype``
+        (an integer type holding that range).
 
         For the linear LUT this is the exact inverse, rounded to the nearest integer and clipped.
         A table has no inverse in general (several stored values can share one output), so the
@@ -59,7 +59,7 @@ class ModalityLUT:
         of the table go back to a stored value with exactly those units.
         """
         if self.table is None:
-            return linear_to_stored(units, self.slope, self.intercept, low, high)
+            return linear_to_stored(units, self.slope, self.intercept, low, high, dtype)
         values = np.asarray(units, dtype=np.float64)
         inputs = self.first_mapped + np.arange(self.table.size, dtype=np.int64)
         usable = (inputs >= low) & (inputs <= high)
@@ -72,9 +72,9 @@ class ModalityLUT:
         right = np.clip(np.searchsorted(sorted_outputs, values), 1, sorted_outputs.size - 1)
         left = right - 1
         if sorted_outputs.size == 1:
-            return np.full(values.shape, inputs[0], dtype=np.int64)
+            return np.full(values.shape, inputs[0], dtype=dtype)
         nearer_left = np.abs(values - sorted_outputs[left]) <= np.abs(sorted_outputs[right] - values)
-        return inputs[order[np.where(nearer_left, left, right)]]
+        return inputs[order[np.where(nearer_left, left, right)]].astype(dtype)
 
     def units_range(self, low: int, high: int) -> tuple[float, float]:
         """The lowest and highest units the stored values ``low..high`` map to."""

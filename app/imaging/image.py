@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from app.imaging.blocks import in_row_blocks
 from app.inference.card import Modality
 
 ImageFormat = Literal["png", "dicom"]
@@ -45,14 +46,20 @@ def linear_to_units(stored: np.ndarray, slope: float, intercept: float) -> np.nd
     return np.add(stored, intercept, dtype=np.float64)
 
 
-def linear_to_stored(units: np.ndarray, slope: float, intercept: float, low: int, high: int) -> np.ndarray:
+def linear_to_stored(
+    units: np.ndarray, slope: float, intercept: float, low: int, high: int, dtype: np.dtype[Any]
+) -> np.ndarray:
     """The inverse of :func:`linear_to_units`, rounded to the nearest integer and clipped to
-    ``low..high``; float64 holding whole numbers, exact in any integer type of that range."""
-    stored = np.subtract(units, intercept, dtype=np.float64)
-    if slope != 1:
-        stored /= slope
-    np.rint(stored, out=stored)
-    return np.clip(stored, low, high, out=stored)
+    ``low..high``, in ``dtype`` (an integer type that holds that range)."""
+
+    def inverse(block: np.ndarray) -> np.ndarray:
+        stored = np.subtract(block, intercept, dtype=np.float64)
+        if slope != 1:
+            stored /= slope
+        np.rint(stored, out=stored)
+        return np.clip(stored, low, high, out=stored)
+
+    return in_row_blocks(units, dtype, inverse)
 
 
 @dataclass(frozen=True)
@@ -81,8 +88,7 @@ class StoredRange:
 
     def to_stored(self, units: np.ndarray, dtype: np.dtype[Any]) -> np.ndarray:
         """Inverse of :meth:`to_units`, rounded to the nearest value and clipped to the stored range."""
-        stored = linear_to_stored(units, self.slope, self.intercept, self.min_stored, self.max_stored)
-        return stored.astype(dtype)
+        return linear_to_stored(units, self.slope, self.intercept, self.min_stored, self.max_stored, dtype)
 
     def units_range(self) -> tuple[float, float]:
         """The physical values the stored range can express (low, high)."""

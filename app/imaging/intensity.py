@@ -20,6 +20,8 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, model_validator
 
+from app.imaging.blocks import in_row_blocks
+
 
 class NormalisationSpec(BaseModel):
     """The ``normalisation`` block of a model card."""
@@ -82,15 +84,20 @@ def window_for(pixels: np.ndarray, spec: NormalisationSpec) -> IntensityWindow:
     return IntensityWindow(low, high)
 
 
-# Each temporary of an image's size is a pass over memory on the request's critical path, so
-# both directions work in one float64 array (or the caller's ``out``).
+# Each temporary of an image's size is a pass over memory on the request's critical path: the
+# forward direction works a block of rows at a time (``blocks``), the inverse in one float64
+# array (the caller's ``out``), which a block-wise version measured no faster.
 
 
 def to_unit_range(pixels: np.ndarray, window: IntensityWindow) -> np.ndarray:
     """Map values in the image's units to model units (float32); no clipping."""
-    unit = np.subtract(pixels, window.low, dtype=np.float64)
-    unit /= window.width
-    return unit.astype(np.float32)
+
+    def normalise(block: np.ndarray) -> np.ndarray:
+        unit = np.subtract(block, window.low, dtype=np.float64)
+        unit /= window.width
+        return unit
+
+    return in_row_blocks(pixels, np.float32, normalise)
 
 
 def from_unit_range(unit: np.ndarray, window: IntensityWindow, out: np.ndarray | None = None) -> np.ndarray:

@@ -208,14 +208,16 @@ def test_the_units_limit_is_checked_from_the_stored_extremes(slope: str, interce
 
 def test_table_lut_inverse_takes_the_nearest_entry() -> None:
     lut = ModalityLUT(first_mapped=-2, table=np.array([0.0, 0.0, 10.0, 20.0, 40.0]))
-    stored = lut.to_stored(np.array([0.0, 9.0, 14.9, 15.1, 39.0, 1000.0, -5.0]), low=-2, high=2)
+    stored = lut.to_stored(np.array([0.0, 9.0, 14.9, 15.1, 39.0, 1000.0, -5.0]), -2, 2, np.dtype(np.int8))
+    assert stored.dtype == np.int8
     assert lut.to_units(stored).tolist() == [0.0, 10.0, 10.0, 20.0, 40.0, 40.0, 0.0]
     assert lut.units_range(-2, 2) == (0.0, 40.0)
 
 
 def test_linear_lut_inverse_rounds_and_clips() -> None:
     lut = ModalityLUT(slope=2.0, intercept=-1024.0)
-    assert lut.to_stored(np.array([-1024.0, -1021.2, 10**9]), low=0, high=4095).tolist() == [0, 1, 4095]
+    stored = lut.to_stored(np.array([-1024.0, -1021.2, 10**9, -(10**9)]), 0, 4095, np.dtype(np.uint16))
+    assert stored.dtype == np.uint16 and stored.tolist() == [0, 1, 4095, 0]
 
 
 def test_per_frame_rescale_of_enhanced_objects_is_used_frame_by_frame() -> None:
