@@ -5,9 +5,9 @@ of memory, and the arrays of a request are cold by the time it runs. Done a bloc
 time, the float64 temporaries of each block stay in a core's cache and only the input and the
 result travel to and from memory. On the benchmark machine, with caches evicted as in a request:
 the inverse modality LUT of a 512 x 512 slice 0.19-0.28 ms less, its normalisation for the model
-0.12-0.17 ms less; of a 2048 x 2048 radiograph 13.6-15.7 and 4.9-5.0 ms less (docs/BENCHMARKS.md, "The sixth tuning
-pass"). The numbers are the same as the whole-image chain's: every step is element-wise,
-and the result is converted to its type as ``astype`` converts it.
+0.12-0.17 ms less; of a 2048 x 2048 radiograph 13.6-15.7 and 4.9-5.0 ms less (docs/BENCHMARKS.md,
+"The sixth tuning pass"). The numbers are the same as the whole-image chain's: every step is
+element-wise, and the result is converted to its type as ``astype`` converts it.
 """
 
 from __future__ import annotations
