@@ -44,7 +44,7 @@ from app.observability import PHASES as SERVICE_PHASES
 from app.settings import Settings
 from bench.baselines import bare_session, model_input, time_direct
 from bench.cases import Case, ct_cases
-from bench.loadgen import run_load
+from bench.loadgen import prepared_body, run_load, run_load_stdlib
 from bench.service import running_service
 
 REPO = Path(__file__).resolve().parents[1]
@@ -101,11 +101,7 @@ def stdlib_poster(base_url: str, case: Case) -> Post:
     """The standard library's http.client on one keep-alive connection, sending a multipart body
     encoded once beforehand (by httpx), as the direct call's input is prepared before its loop:
     the least a client adds, so the difference to the direct call is the service's."""
-    prepared = httpx.Request(
-        "POST", f"{base_url}/v1/denoise", files={"file": (case.upload.name, case.upload.content)},
-        data=case.upload.fields,
-    )
-    body, headers = prepared.read(), {"Content-Type": prepared.headers["content-type"]}
+    body, headers = prepared_body(base_url, case.upload)
     address = urlsplit(base_url)
     connection = http.client.HTTPConnection(address.hostname or "127.0.0.1", address.port, timeout=120)
 
@@ -153,19 +149,21 @@ class Round:
 
 
 def run_rounds(
-    base_url: str, case: Case, model: LoadedModel, rounds: int, concurrency: int, requests: int
+    base_url: str, case: Case, model: LoadedModel, rounds: int, concurrency: int, requests: int, client: str
 ) -> list[Round]:
     """``rounds`` times: direct batch 1 and batch 4 on ``requests`` images each, then ``requests``
-    requests at ``concurrency``; the direct session has ONNX Runtime's default options (threads
-    keep spinning between calls: its fastest for back-to-back calls)."""
+    requests at ``concurrency`` sent by ``client`` (stdlib or httpx, see ``bench.loadgen``); the
+    direct session has ONNX Runtime's default options (threads keep spinning between calls: its
+    fastest for back-to-back calls)."""
     session = bare_session(model)
     array = model_input(model, case.units)
-    run_load(base_url, case.upload, concurrency, concurrency)  # warm-up
+    load_with = run_load_stdlib if client == "stdlib" else run_load
+    load_with(base_url, case.upload, concurrency, concurrency)  # warm-up
     measured = []
     for _ in range(rounds):
         single = time_direct(model, session, array, calls=requests, warmup=1)
         batched = time_direct(model, session, array, calls=max(1, requests // 4), batch=4, warmup=1)
-        load = run_load(base_url, case.upload, concurrency, requests)
+        load = load_with(base_url, case.upload, concurrency, requests)
         if load.errors:
             raise RuntimeError(f"{load.errors} requests failed: {load.statuses}")
         measured.append(Round(single.throughput, batched.throughput, load.throughput))
@@ -189,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", default="ct-512-png,ct-512-dicom")
     parser.add_argument(
         "--client", choices=["stdlib", "httpx"], default="stdlib",
-        help="who sends the paired requests: http.client with a body encoded once (default), or httpx",
+        help="who sends the requests, in pairs and rounds: http.client with a body encoded once "
+        "(default), or httpx (bench.loadgen)",
     )
     parser.add_argument("--rounds", type=int, default=6, help="throughput rounds per case (0: none)")
     parser.add_argument("--concurrency", type=int, default=4)
@@ -236,7 +235,9 @@ def print_rounds(base_url: str, cases: list[Case], registry: ModelRegistry, args
     print_header(columns)
     for case in cases:
         model = registry.resolve(case.modality, None)  # type: ignore[arg-type]
-        rounds = run_rounds(base_url, case, model, args.rounds, args.concurrency, args.round_requests)
+        rounds = run_rounds(
+            base_url, case, model, args.rounds, args.concurrency, args.round_requests, args.client
+        )
         ratios = [r.ratio for r in rounds]
         cells = [
             f"{statistics.median(r.direct_batch_1 for r in rounds):.2f}",

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +13,7 @@ import pytest
 
 from bench.baselines import Timing
 from bench.cases import Case, ct_cases, radiograph_case
-from bench.loadgen import LoadResult, Upload, percentile_ms
+from bench.loadgen import LoadResult, Upload, percentile_ms, run_load, run_load_stdlib
 from bench.paired import main as paired_main
 from bench.run import CaseReport, main, parse_counts, parse_settings, targets
 from bench.service import MetricsDelta, parse_metrics
@@ -43,6 +46,49 @@ def test_load_statistics() -> None:
     assert (result.ok, result.errors, result.throughput) == (4, 1, 2.0)
     assert result.percentile_ms(50) == pytest.approx(250.0)
     assert np.isnan(percentile_ms([], 99))
+
+
+class _Echo(BaseHTTPRequestHandler):
+    """200 with the request's form back for /v1/denoise; 503 for every third request."""
+
+    protocol_version = "HTTP/1.1"
+    count = 0
+    bodies: list[bytes] = []
+    lock = threading.Lock()
+
+    def do_POST(self) -> None:  # noqa: N802 - the standard library's name
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        with self.lock:
+            type(self).count += 1
+            type(self).bodies.append(body)
+            status = 503 if type(self).count % 3 == 0 else 200
+        self.send_response(status)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def echo_url() -> Iterator[str]:
+    _Echo.count, _Echo.bodies = 0, []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Echo)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+@pytest.mark.parametrize("load", [run_load, run_load_stdlib])
+def test_both_load_generators_send_the_form_and_count_every_answer(echo_url: str, load: object) -> None:
+    upload = Upload("ct.dcm", b"DICM-bytes", {"metrics": "none"})
+    result = load(echo_url, upload, 3, 9)  # type: ignore[operator]
+    assert (result.ok, result.errors, result.statuses) == (6, 3, {200: 6, 503: 3})
+    assert len(result.latencies_s) == 6 and not result.truncated and result.wall_s > 0
+    assert all(b'name="file"; filename="ct.dcm"' in body and b"DICM-bytes" in body for body in _Echo.bodies)
+    assert all(b'name="metrics"' in body for body in _Echo.bodies)
 
 
 def test_command_line_values() -> None:
