@@ -19,7 +19,8 @@ model call, is the service's own work without the model call's jitter, which on 
 machine is larger than the target.
 
 Throughput is compared the same way: rounds of direct calls (batch 1 and batch 4, ONNX Runtime's
-default options) and a burst of requests at concurrency 4, alternating, each round giving the
+default options) and a burst of requests at concurrency 4 (sent by the same client as the pairs,
+one thread and connection per client for http.client), alternating, each round giving the
 service's images per second over the faster direct way; the median round is reported with the
 lowest and highest, so a slow minute of the machine moves one round, not the verdict.
 """
