@@ -98,9 +98,10 @@ def dataset_chunks(
     encodings = text_encodings(specific) if specific is not None else parent_encodings
     chunks: Chunks = []
     # pydicom's tags compare in Python (and raise inside their == for None); their ints in C.
+    # Group lengths (element 0 of groups above 6) are retired (PS3.5 7.2).
     for tag in sorted(ds.keys(), key=int):
         number = int(tag)
-        if number == skip or (number & 0xFFFF == 0 and number >> 16 > 6):  # group lengths are retired (PS3.5 7.2)
+        if number == skip or (number & 0xFFFF == 0 and number >> 16 > 6):
             continue
         element = ds.get_item(tag) if as_read else ds[tag]
         encoded = element_chunks(element, encodings)
