@@ -28,14 +28,12 @@ lowest and highest, so a slow minute of the machine moves one round, not the ver
 from __future__ import annotations
 
 import argparse
-import http.client
 import statistics
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import httpx
 import onnxruntime as ort
@@ -45,7 +43,7 @@ from app.observability import PHASES as SERVICE_PHASES
 from app.settings import Settings
 from bench.baselines import bare_session, model_input, time_direct
 from bench.cases import Case, ct_cases
-from bench.loadgen import prepared_body, run_load, run_load_stdlib
+from bench.loadgen import Client, loopback_connection, prepared_body, run_load
 from bench.service import running_service
 
 REPO = Path(__file__).resolve().parents[1]
@@ -103,8 +101,7 @@ def stdlib_poster(base_url: str, case: Case) -> Post:
     encoded once beforehand (by httpx), as the direct call's input is prepared before its loop:
     the least a client adds, so the difference to the direct call is the service's."""
     body, headers = prepared_body(base_url, case.upload)
-    address = urlsplit(base_url)
-    connection = http.client.HTTPConnection(address.hostname or "127.0.0.1", address.port, timeout=120)
+    connection = loopback_connection(base_url, timeout_s=120)
 
     def post() -> dict[str, float]:
         connection.request("POST", "/v1/denoise", body=body, headers=headers)
@@ -150,7 +147,7 @@ class Round:
 
 
 def run_rounds(
-    base_url: str, case: Case, model: LoadedModel, rounds: int, concurrency: int, requests: int, client: str
+    base_url: str, case: Case, model: LoadedModel, rounds: int, concurrency: int, requests: int, client: Client
 ) -> list[Round]:
     """``rounds`` times: direct batch 1 and batch 4 on ``requests`` images each, then ``requests``
     requests at ``concurrency`` sent by ``client`` (stdlib or httpx, see ``bench.loadgen``); the
@@ -158,13 +155,12 @@ def run_rounds(
     fastest for back-to-back calls)."""
     session = bare_session(model)
     array = model_input(model, case.units)
-    load_with = run_load_stdlib if client == "stdlib" else run_load
-    load_with(base_url, case.upload, concurrency, concurrency)  # warm-up
+    run_load(base_url, case.upload, concurrency, concurrency, client=client)  # warm-up
     measured = []
     for _ in range(rounds):
         single = time_direct(model, session, array, calls=requests, warmup=1)
         batched = time_direct(model, session, array, calls=max(1, requests // 4), batch=4, warmup=1)
-        load = load_with(base_url, case.upload, concurrency, requests)
+        load = run_load(base_url, case.upload, concurrency, requests, client=client)
         if load.errors:
             raise RuntimeError(f"{load.errors} requests failed: {load.statuses}")
         measured.append(Round(single.throughput, batched.throughput, load.throughput))
