@@ -110,7 +110,9 @@ def test_a_bad_image_does_not_fail_the_good_one_that_shared_its_batch(
     faulty: tuple[httpx.Client, Path],
 ) -> None:
     client, log = faulty
-    blocker = png_case("mr", 5, shape=(256, 256))
+    # 512 x 512: the MR call (~0.1 s here) outlasts the 50 ms wait below; a 256 x 256 one could
+    # end first on a fast minute, and then the CT requests found the slot free and ran alone.
+    blocker = png_case("mr", 5, shape=(512, 512))
     shared_before = log.read_text().count(SHARED_BATCH_LOG)
     for attempt in range(5):  # they share a batch (the log says so) unless the timing is off
         with ThreadPoolExecutor(3) as pool:
