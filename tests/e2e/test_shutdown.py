@@ -86,6 +86,10 @@ def refused_within(base_url: str, timeout_s: float) -> bool:
             httpx.get(f"{base_url}/healthz", timeout=5)
         except httpx.ConnectError:
             return True
+        except (httpx.ReadError, httpx.RemoteProtocolError):
+            # The kernel accepted this probe into the listen backlog just before uvicorn closed
+            # the socket, which then reset it unserved: closing, not yet closed. Probe again.
+            pass
         time.sleep(0.02)
     return False
 
