@@ -125,6 +125,13 @@ class Telemetry:
             buckets=_PHASE_BUCKETS,
             registry=self.registry,
         )
+        self.model_calls = Counter(
+            "denoise_model_calls",
+            "Model calls dispatched by the batchers, by the cores they ran on: 'all' "
+            "(intra_op_threads) or 'one' (a CPU lane, several side by side under load).",
+            ("model", "cores"),
+            registry=self.registry,
+        )
         self.models_loaded = Gauge("denoise_models_loaded", "Models being served.", registry=self.registry)
         self.models_unserved = Gauge(
             "denoise_models_unserved", "Models found but not served (see /v1/models).", registry=self.registry
@@ -140,8 +147,11 @@ class Telemetry:
         for phase, value in seconds.items():
             self.phase_seconds.labels(phase, modality, model).observe(value)
 
-    def observe_batch(self, model: str, tiles: int, queued_seconds: list[float], run_seconds: float) -> None:
+    def observe_batch(
+        self, model: str, tiles: int, queued_seconds: list[float], run_seconds: float, *, one_core: bool = False
+    ) -> None:
         """Called by the micro-batchers after each model call."""
+        self.model_calls.labels(model, "one" if one_core else "all").inc()
         self.batch_size.labels(model).observe(tiles)
         self.batch_run_seconds.labels(model).observe(run_seconds)
         for seconds in queued_seconds:

@@ -2,15 +2,15 @@
 
 Every CPU-bound step (decoding, inference, metrics, encoding) runs in one worker thread per
 request; the event loop only awaits it. Inference goes through each model's micro-batcher
-(``app/inference/batcher``): concurrent requests share ONNX Runtime calls, and at most
-``max_concurrent_inferences`` calls run at once across models, because each session already uses
-every core it is given. The wait for a batch is the ``queue`` phase. A full batch queue answers
+(``app/inference/batcher``): concurrent requests share ONNX Runtime calls or, on the CPU, run
+side by side on one core each (``cpu_lanes``); calls across models share the execution lanes
+(``app/inference/lanes``), because a session already uses every core it is given. The wait for a batch is the ``queue`` phase. A full batch queue answers
 503 before the image is even prepared.
 """
 
 from __future__ import annotations
 
-import threading
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Literal
@@ -26,12 +26,15 @@ from app.imaging.image import Image
 from app.inference.batcher import BatchObserver, Ticket
 from app.inference.card import Modality
 from app.inference.engine import Denoiser, PhaseTimer
+from app.inference.lanes import Lanes
 from app.inference.registry import LoadedModel, ModelRegistry
 from app.quality import summary
 from app.quality.reference import reference_data_range
 from app.settings import Settings
 
 MetricsMode = Literal["none", "noref", "all"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -78,11 +81,13 @@ class DenoisePipeline:
     limiter: anyio.CapacityLimiter = field(init=False)
 
     def __post_init__(self) -> None:
-        execution = threading.Semaphore(self.settings.max_concurrent_inferences)
-        self.denoisers = {
-            i: Denoiser(m, self.settings, execution, self.batch_observer)
-            for i, m in self.registry.models.items()
-        }
+        models = self.registry.models
+        lanes = any(m.one_thread_session is not None for m in models.values())
+        count = self.settings.cpu_lanes if lanes else self.settings.max_concurrent_inferences
+        execution = Lanes(count)
+        if lanes:
+            logger.info("CPU lanes: up to %d one-thread model calls at once under load", count)
+        self.denoisers = {i: Denoiser(m, self.settings, execution, self.batch_observer) for i, m in models.items()}
         # Threads blocked on a batch hold no CPU; their own limiter keeps them from starving
         # decoding and encoding of anyio's default thread pool. The batch queue bounds them.
         self.waiting = anyio.CapacityLimiter(max(40, 2 * self.settings.batch_queue_tiles))

@@ -81,12 +81,27 @@ class Settings(BaseSettings):
         description="fixed glibc malloc thresholds (app/allocator.py), so the image arrays of one "
         "request reuse the memory of the last instead of faulting fresh pages in",
     )
+    cpu_lanes: int = Field(
+        default=os.cpu_count() or 1,
+        ge=1,
+        le=256,
+        description="on the CPU provider, model calls that may run at once on one core each "
+        "while several requests want the model (a lone request still gets intra_op_threads "
+        "cores); 1 turns the lanes off, so concurrent requests share batched calls as on a GPU",
+    )
+    cpu_lane_max_tile_pixels: int = Field(
+        default=512 * 512,
+        ge=1,
+        description="largest tile (rows x columns) that runs on one core in a CPU lane; larger "
+        "tiles (a radiograph's 1088 x 1088) run on every core, which measured faster for them",
+    )
     max_concurrent_inferences: int = Field(
         default=1,
         ge=1,
         le=64,
-        description="inferences run at once; more waits in the queue (each already uses "
-        "intra_op_threads cores, so running several at once only oversubscribes the CPU)",
+        description="inferences run at once where the CPU lanes are off (a GPU, or "
+        "DENOISE_CPU_LANES=1); more waits in the queue (each already uses intra_op_threads "
+        "cores, so running several at once only oversubscribes the CPU)",
     )
     max_upload_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
     max_pixels: int = Field(default=100_000_000, ge=1, description="pixels per request, all frames together")

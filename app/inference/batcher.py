@@ -14,12 +14,19 @@ free, runs in its caller's own thread: the hand-off to the collector and back wo
 wake-ups. Under load, requests queue while the previous batch runs and are taken together without
 waiting at all.
 
+One-core lanes (CPU): given ``run_narrow`` (the model on a one-thread session), the batcher has
+one collector per lane, and what is not alone runs one submission at a time on one core while
+other collectors run others on the other cores. On a CPU a call spread over every core
+synchronises its threads at every layer, and the service's own decoding and encoding, preempting
+one of them, leaves the others spinning; one-thread calls side by side do not wait on each other
+(docs/BENCHMARKS.md, the seventh pass). A lone submission still runs on every core.
+
 A batch that fails is run again one submission at a time, so a request whose tile makes the model
 fail (an input the graph cannot take) does not fail the innocent requests that shared its batch;
 each submission that fails on its own gets its own exception. The queue is bounded in
 tiles: a submission that does not fit raises ``ServiceBusy`` (503 with Retry-After) instead of
-letting latency grow without end. Model runs of all batchers share one semaphore, because each
-ONNX Runtime session already uses every core it is given.
+letting latency grow without end. Model runs of all batchers share the execution lanes
+(:mod:`app.inference.lanes`), because each ONNX Runtime session already uses every core it is given.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ from typing import Protocol
 import numpy as np
 
 from app.errors import ModelUnavailable, ServiceBusy
+from app.inference.lanes import Lanes
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +55,9 @@ RunFunction = Callable[[np.ndarray], np.ndarray]
 
 
 class BatchObserver(Protocol):
-    def __call__(self, model: str, tiles: int, queued_seconds: list[float], run_seconds: float) -> None: ...
+    def __call__(
+        self, model: str, tiles: int, queued_seconds: list[float], run_seconds: float, *, one_core: bool = False
+    ) -> None: ...
 
 
 @dataclass
@@ -85,9 +95,15 @@ class MicroBatcher:
         max_batch: int,
         max_delay_s: float,
         max_queue: int,
-        execution: threading.Semaphore | None = None,
+        execution: Lanes | None = None,
+        wide_lanes: int = 1,
+        run_narrow: RunFunction | None = None,
+        narrow_max_tile_pixels: int | None = None,
         observer: BatchObserver | None = None,
     ) -> None:
+        """``execution`` is shared by every batcher; a call on every core takes ``wide_lanes`` of
+        it, a ``run_narrow`` call (one thread) one lane, for tiles of at most
+        ``narrow_max_tile_pixels`` (larger ones always run on every core)."""
         if max_batch < 1 or max_queue < 1 or max_delay_s < 0:
             raise ValueError("max_batch and max_queue must be positive, max_delay_s not negative")
         self.name = name
@@ -95,7 +111,10 @@ class MicroBatcher:
         self.max_delay_s = max_delay_s
         self.max_queue = max_queue
         self._run = run
-        self._execution = execution or threading.Semaphore(1)
+        self._execution = execution or Lanes(1)
+        self._wide_lanes = wide_lanes
+        self._run_narrow = run_narrow
+        self._narrow_max_tile_pixels = narrow_max_tile_pixels
         self._observer = observer
         self._condition = threading.Condition()
         self._queue: deque[_Item] = deque()
@@ -104,10 +123,14 @@ class MicroBatcher:
         self._closed = False
         self._seconds_per_tile = 0.0  # running estimate, for Retry-After
         self._stopped_by: BaseException | None = None  # a bug in a model run or the collector
-        self._in_hand: list[_Item] = []
+        self._in_hand: list[list[_Item]] = []  # each collector's batch, taken off the queue
         self._running_here = False  # a submission runs in its caller's thread (``_alone``)
-        self._worker = threading.Thread(target=self._serve, name=f"batcher-{name}", daemon=True)
-        self._worker.start()
+        collectors = self._execution.count if run_narrow is not None else 1
+        self._workers = [
+            threading.Thread(target=self._serve, name=f"batcher-{name}-{n}", daemon=True) for n in range(collectors)
+        ]
+        for worker in self._workers:
+            worker.start()
 
     # -- callers ---------------------------------------------------------------------------
 
@@ -155,7 +178,7 @@ class MicroBatcher:
             if ticket is not None and not ticket.queued:
                 ticket.queued = True
                 self._preparing -= 1
-            run_here = self._alone() and self._execution.acquire(blocking=False)
+            run_here = self._alone() and self._execution.try_acquire(self._wide_lanes)
             if run_here:
                 self._running_here = True
             else:
@@ -168,7 +191,7 @@ class MicroBatcher:
             except BaseException as error:  # a bug, as if in the collector: it stops the model
                 self._stop(error, [item])
             finally:
-                self._execution.release()
+                self._execution.release(self._wide_lanes)
                 with self._condition:  # what queued meanwhile is the collector's now
                     self._running_here = False
                     self._condition.notify_all()
@@ -185,14 +208,16 @@ class MicroBatcher:
         """Nothing queued, in hand, running or announced: no batch could form with this
         submission, so its own thread runs it. A hand-off to the collector and back is two
         thread wake-ups, 0.28-0.45 ms each on this machine's idle cores (docs/BENCHMARKS.md)."""
-        return not self._queue and not self._in_hand and not self._running_here and self._preparing == 0
+        return not self._queue and not any(self._in_hand) and not self._running_here and self._preparing == 0
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Finish what is queued, then stop the collector thread."""
         with self._condition:
             self._closed = True
             self._condition.notify_all()
-        self._worker.join(timeout_s)
+        deadline = time.monotonic() + timeout_s
+        for worker in self._workers:
+            worker.join(max(0.0, deadline - time.monotonic()))
 
     @property
     def queued_tiles(self) -> int:
@@ -240,6 +265,7 @@ class MicroBatcher:
                 break
 
     def _collect(self) -> list[_Item] | None:
+        """The next batch, registered in ``_in_hand``; None once closed and drained, or stopped."""
         with self._condition:
             # While a submission runs in its own thread, later ones queue as they would behind
             # the collector's own model call, and form the next batch when it returns.
@@ -249,7 +275,13 @@ class MicroBatcher:
                 self._condition.wait()
             deadline = self._queue[0].enqueued + self.max_delay_s
             batch: list[_Item] = []
-            self._in_hand = batch  # taken off the queue, not yet answered
+            self._in_hand.append(batch)  # taken off the queue, not yet answered
+            if self._run_narrow is not None:
+                # Lanes: one submission per call, run at once. A window would only hold it
+                # back; another collector takes the next one.
+                batch.append(self._queue.popleft())
+                self._queued_tiles -= batch[0].tiles
+                return batch
             while True:
                 self._take(batch)
                 full = sum(i.tiles for i in batch) >= self.max_batch
@@ -271,7 +303,8 @@ class MicroBatcher:
         logger.error("batcher %s stopped: %s\n%s", self.name, type(error).__name__, stack)
         with self._condition:
             self._stopped_by = error
-            waiting, self._queue = [*(running or []), *self._in_hand, *self._queue], deque()
+            in_hand = [item for batch in self._in_hand for item in batch]
+            waiting, self._queue = [*(running or []), *in_hand, *self._queue], deque()
             self._queued_tiles = 0
             self._condition.notify_all()  # the collector ends too
         for item in waiting:
@@ -283,20 +316,52 @@ class MicroBatcher:
             batch = self._collect()
             if batch is None:
                 return
-            with self._execution:
-                with self._condition:  # more may have arrived while another model ran
-                    if self._queue:
-                        self._take(batch)
-                self._run_batch(batch)
-            # Answered: its inputs (up to max_batch tiles) are not kept alive while the next batch forms.
-            self._in_hand = batch = []
+            if self._run_narrow is not None:
+                self._run_in_a_lane(batch)
+            else:
+                self._execution.acquire(self._wide_lanes)
+                try:
+                    with self._condition:  # more may have arrived while another model ran
+                        if self._queue:
+                            self._take(batch)
+                    self._run_batch(batch)
+                finally:
+                    self._execution.release(self._wide_lanes)
+            # Answered (a bug raised above leaves it in hand, for _stop to fail its callers); its
+            # inputs are not kept alive while the next batch forms.
+            with self._condition:
+                self._in_hand = [b for b in self._in_hand if b is not batch]
+            batch = []
 
-    def _run_batch(self, batch: list[_Item]) -> None:
+    def _run_in_a_lane(self, batch: list[_Item]) -> None:
+        """On every core if nothing else wants the model (and the cores are free) or its tiles
+        are large, else on one."""
+        with self._condition:
+            alone = not self._queue and self._preparing == 0 and not self._running_here
+            alone = alone and not any(b for b in self._in_hand if b is not batch)
+        narrow = self._run_narrow
+        assert narrow is not None  # lanes only exist with a one-thread session
+        rows, cols = batch[0].shape[-2:]
+        small = self._narrow_max_tile_pixels is None or rows * cols <= self._narrow_max_tile_pixels
+        if not small:
+            self._execution.acquire(self._wide_lanes)
+            lanes, run, one_core = self._wide_lanes, self._run, False
+        elif alone and self._execution.try_acquire(self._wide_lanes):
+            lanes, run, one_core = self._wide_lanes, self._run, False
+        else:
+            self._execution.acquire(1)
+            lanes, run, one_core = 1, narrow, True
+        try:
+            self._run_batch(batch, run, one_core=one_core)
+        finally:
+            self._execution.release(lanes)
+
+    def _run_batch(self, batch: list[_Item], run: RunFunction | None = None, *, one_core: bool = False) -> None:
         started = time.perf_counter()
         queued = [started - item.enqueued for item in batch]
         inputs = batch[0].inputs if len(batch) == 1 else np.concatenate([i.inputs for i in batch])
         try:
-            outputs = self._run(inputs)
+            outputs = (run or self._run)(inputs)
             if outputs.shape[0] != inputs.shape[0]:
                 raise ValueError(f"model returned {outputs.shape[0]} outputs for {inputs.shape[0]} inputs")
         except Exception as error:  # the model's failure goes to its callers, never up here
@@ -312,7 +377,7 @@ class MicroBatcher:
                 type(error).__name__,
             )
             for item in batch:
-                self._run_batch([item])
+                self._run_batch([item], run, one_core=one_core)
             return
         seconds = time.perf_counter() - started
         tiles = int(inputs.shape[0])
@@ -323,6 +388,6 @@ class MicroBatcher:
             first += item.tiles
         if self._observer is not None:
             try:
-                self._observer(self.name, tiles, queued, seconds)
+                self._observer(self.name, tiles, queued, seconds, one_core=one_core)
             except Exception:  # metrics must never stop the collector
                 logger.exception("batch observer failed")

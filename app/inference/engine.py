@@ -13,15 +13,16 @@ wait for their batch is its ``queue`` phase; the rest of the model call is ``inf
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
+import onnxruntime as ort
 
 from app.errors import InferenceFailed
 from app.imaging.intensity import from_unit_range, to_unit_range, window_for
 from app.inference.batcher import BatchObserver, MicroBatcher, Ticket
+from app.inference.lanes import Lanes
 from app.inference.registry import LoadedModel
 from app.inference.tiling import TilePlan, run_tiled
 from app.settings import Settings
@@ -49,7 +50,7 @@ class Denoiser:
         self,
         model: LoadedModel,
         settings: Settings,
-        execution: threading.Semaphore | None = None,
+        execution: Lanes | None = None,
         observer: BatchObserver | None = None,
     ) -> None:
         card = model.card
@@ -68,6 +69,10 @@ class Denoiser:
             max_delay_s=settings.batch_max_delay_ms / 1000,
             max_queue=settings.batch_queue_tiles,
             execution=execution,
+            # A call on every core takes every lane; one on the one-thread session, one lane.
+            wide_lanes=execution.count if execution is not None and model.one_thread_session else 1,
+            run_narrow=self.run_one_thread if model.one_thread_session is not None else None,
+            narrow_max_tile_pixels=settings.cpu_lane_max_tile_pixels,
             observer=observer,
         )
 
@@ -76,9 +81,19 @@ class Denoiser:
 
         Raises ``InferenceFailed`` (500 ``inference_failed``) when ONNX Runtime fails on it.
         """
+        return self._run_session(self.model.session, batch)
+
+    def run_one_thread(self, batch: np.ndarray) -> np.ndarray:
+        """The batch a tile at a time on the one-thread session (the CPU lanes): on one core,
+        one tile is as fast per tile as a batch, and holds a quarter of the activations."""
+        session = self.model.one_thread_session
+        assert session is not None
+        return np.concatenate([self._run_session(session, batch[i : i + 1]) for i in range(batch.shape[0])])
+
+    def _run_session(self, session: ort.InferenceSession, batch: np.ndarray) -> np.ndarray:
         card = self.model.card
         try:
-            (output,) = self.model.session.run([card.output.name], {card.input.name: batch})
+            (output,) = session.run([card.output.name], {card.input.name: batch})
         except Exception as error:  # ORT raises its own types; their text may quote internals
             kind = type(error).__name__
             logger.error("model %s failed on a batch of shape %s (%s)", card.id, batch.shape, kind)

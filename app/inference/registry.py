@@ -2,7 +2,8 @@
 
 For each ``<modality>/<model>/card.json`` the registry validates the card, checks that the card
 sits in its modality's folder, hashes ``model.onnx`` against ``card.sha256`` and builds one ONNX
-Runtime session from the very bytes it hashed. A model failing any check is not served; it is
+Runtime session from the very bytes it hashed (and, for the CPU lanes, a second one on one
+thread). A model failing any check is not served; it is
 listed with the reason (``/v1/models``, ``/readyz``) instead of stopping the service.
 
 Execution providers are requested in the order TensorRT, CUDA, CPU. ONNX Runtime silently falls
@@ -40,6 +41,9 @@ class LoadedModel:
     session: ort.InferenceSession
     providers: tuple[str, ...]  # as the session reports them, the one used first
     path: Path
+    # The same model on one CPU thread, for the CPU lanes (app/inference/lanes.py); None on a GPU
+    # or with the lanes off.
+    one_thread_session: ort.InferenceSession | None = None
 
     @property
     def execution_provider(self) -> str:
@@ -139,10 +143,11 @@ def select_providers(settings: Settings) -> tuple[str, ...]:
     return tuple(chosen)
 
 
-def session_options(settings: Settings) -> ort.SessionOptions:
+def session_options(settings: Settings, threads: int | None = None) -> ort.SessionOptions:
+    """The service's session options, on ``threads`` intra-op threads (default: the setting)."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = settings.intra_op_threads
+    options.intra_op_num_threads = threads or settings.intra_op_threads
     options.inter_op_num_threads = settings.inter_op_threads
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.enable_cpu_mem_arena = settings.ort_memory_arena
@@ -211,7 +216,24 @@ def _build(
     except Exception as error:  # ORT raises its own types; the model is refused, not the service
         raise _Refused(f"ONNX Runtime could not load it ({type(error).__name__})") from error
     _check_session(card, session)
-    return LoadedModel(card=card, session=session, providers=tuple(session.get_providers()), path=model_path)
+    providers_used = tuple(session.get_providers())
+    one_thread = None
+    if providers_used[0] == ORT_PROVIDERS["cpu"] and uses_cpu_lanes(settings):
+        try:
+            one_thread = ort.InferenceSession(
+                data, sess_options=session_options(settings, threads=1), providers=[ORT_PROVIDERS["cpu"]]
+            )
+        except Exception as error:  # served as before, on every core only
+            logger.warning("model %s: no one-thread session for the CPU lanes (%s)", card.id, type(error).__name__)
+    return LoadedModel(
+        card=card, session=session, providers=providers_used, path=model_path, one_thread_session=one_thread
+    )
+
+
+def uses_cpu_lanes(settings: Settings) -> bool:
+    """Whether CPU models get a one-thread session for the lanes: only where a call would
+    otherwise spread over several cores and there are several lanes to run side by side."""
+    return settings.cpu_lanes > 1 and settings.intra_op_threads > 1
 
 
 def _report(model: LoadedModel, requested: tuple[str, ...]) -> None:

@@ -91,10 +91,8 @@ def batch_histogram(client: TestClient) -> tuple[float, float]:
     return float(count.group(1)), float(total.group(1))
 
 
-def test_concurrent_requests_share_a_model_call(batching_app: tuple[FastAPI, TestClient]) -> None:
-    app, client = batching_app
-    batcher = xray_batcher(app)
-    calls_before, tiles_before = batch_histogram(client)
+def first_held_while_three_queue(client: TestClient, batcher: MicroBatcher) -> list[tuple[int, dict[str, str], bytes]]:
+    """Requests for seeds 0-3: the first held in its model call until the other three queue."""
     with Gate(batcher) as gate, ThreadPoolExecutor(4) as pool:
         first = pool.submit(post, client, 0)
         assert gate.entered.wait(20)
@@ -103,6 +101,14 @@ def test_concurrent_requests_share_a_model_call(batching_app: tuple[FastAPI, Tes
         gate.release.set()
         answers = [first.result(30), *(f.result(30) for f in rest)]
     assert [status for status, _, _ in answers] == [200] * 4
+    return answers
+
+
+def test_concurrent_requests_share_a_model_call(batching_app: tuple[FastAPI, TestClient]) -> None:
+    app, client = batching_app
+    batcher = xray_batcher(app)
+    calls_before, tiles_before = batch_histogram(client)
+    answers = first_held_while_three_queue(client, batcher)
     calls, tiles = batch_histogram(client)
     assert (calls - calls_before, tiles - tiles_before) == (2, 4)  # 1 alone, then 3 together
     assert "denoise_batch_queue_seconds_count" in client.get("/metrics").text
@@ -138,3 +144,27 @@ def test_a_full_queue_answers_503_with_retry_after(batching_app: tuple[FastAPI, 
     assert b'"error":"service_busy"' in content
     assert 'denoise_failures_total{reason="service_busy"}' in client.get("/metrics").text
     assert post(client, 6)[0] == 200  # drained: served again
+
+
+def model_calls(client: TestClient, cores: str) -> float:
+    text = client.get("/metrics").text
+    found = re.search(rf'^denoise_model_calls_total\{{cores="{cores}",model="xray-unet"\}} (\S+)$', text, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
+def test_with_cpu_lanes_concurrent_requests_run_on_one_core_each_and_answer_alike(models_dir: Path) -> None:
+    settings = Settings(models_dir=models_dir, intra_op_threads=2, cpu_lanes=2, tile_batch=1)
+    with TestClient(create_app(settings)) as client:
+        app = client.app
+        batcher = xray_batcher(app)  # type: ignore[arg-type]
+        alone = {seed: post(client, seed) for seed in range(4)}  # one after another: every core
+        assert model_calls(client, "all") == 4 and model_calls(client, "one") == 0
+        answers = first_held_while_three_queue(client, batcher)  # the first alone: every core
+        # The two taken while a third waited ran in lanes; the last, if both lanes were already
+        # free again, may have been alone: every core for it.
+        one, every = model_calls(client, "one"), model_calls(client, "all")
+        assert one >= 2 and one + every == 8
+    for seed, (_, _, content) in enumerate(answers):
+        # A one-thread session sums in another order: at most one 16-bit step apart.
+        difference = read_png(content).astype(np.int32) - read_png(alone[seed][2]).astype(np.int32)
+        assert np.abs(difference).max() <= 1
