@@ -30,7 +30,7 @@ import onnxruntime as ort
 from app.inference.registry import LoadedModel, load_registry
 from app.observability import PHASES
 from app.settings import Settings
-from bench.baselines import Timing, bare_session, model_input, time_classical, time_direct
+from bench.baselines import Timing, bare_session, model_input, time_classical, time_direct, time_side_by_side
 from bench.cases import Case, ct_cases, radiograph_case
 from bench.loadgen import LoadResult, run_load
 from bench.png_encoding import EncodeTiming, time_png_variants
@@ -111,6 +111,8 @@ def direct_timings(model: LoadedModel, case: Case, counts: dict[int, int]) -> li
     if case.units.size <= 1024 * 1024:  # a batch of whole 2048 x 2048 images is not a service call
         calls = max(counts.get(4, 4) // BATCH_FOR_BASELINE, 3)
         timings.append(time_direct(model, session, array, calls=calls, batch=BATCH_FOR_BASELINE))
+        one_thread = bare_session(model, threads=1)
+        timings.append(time_side_by_side(model, one_thread, array, calls=max(counts.get(4, 4), 4)))
     return timings
 
 
@@ -147,14 +149,14 @@ def _fmt(value: float, digits: int = 1) -> str:
 def tables(reports: list[CaseReport], classical: dict[str, Timing], ct_report: CaseReport | None) -> str:
     lines = ["### Direct ONNX Runtime (default session options, whole image per call)", ""]
     lines += [
-        "| case | model | batch | calls | img/s | p50 ms per call | p95 | p99 |",
+        "| case | model | way | calls | img/s | p50 ms per call | p95 | p99 |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for report in reports:
         for timing in report.direct:
             p50, p95, p99 = (timing.percentile_ms(q) for q in (50, 95, 99))
             lines.append(
-                f"| {report.case.name} | {report.model} | {timing.images_per_call} | {len(timing.seconds)} "
+                f"| {report.case.name} | {report.model} | {timing.name} | {len(timing.seconds)} "
                 f"| {timing.throughput:.2f} | {p50:.0f} | {p95:.0f} | {p99:.0f} |"
             )
     lines += ["", "### The service under load (closed loop, loopback HTTP)", ""]
@@ -375,7 +377,7 @@ def _as_json(
     checks: list[str],
 ) -> dict[str, object]:
     def timing(t: Timing) -> dict[str, object]:
-        return {"name": t.name, "images_per_call": t.images_per_call, "seconds": t.seconds}
+        return {"name": t.name, "images_per_call": t.images_per_call, "seconds": t.seconds, "wall_s": t.wall_s}
 
     return {
         "machine": info,

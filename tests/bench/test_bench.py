@@ -120,6 +120,17 @@ def test_a_smoke_run_reports_every_scenario(models_dir: Path, tmp_path: Path) ->
     assert case["service"]["4"]["statuses"] == {"200": 4}
     assert case["service"]["4"]["phases_ms"]["infer"] > 0
     assert any("concurrency 4 throughput" in line for line in result["targets"])
+    # The direct ways the service is judged against: batch 1, batch 4, one-thread side by side.
+    ways = {way["name"]: way for way in case["direct"]}
+    side_by_side = next(way for name, way in ways.items() if "side by side" in name)
+    assert len(ways) == 3 and len(side_by_side["seconds"]) == 4
+    # Overlapping calls: the wall time is shorter than their sum, never longer than it.
+    assert 0 < side_by_side["wall_s"] <= sum(side_by_side["seconds"]) * 1.05
+
+
+def test_throughput_of_calls_side_by_side_counts_the_wall_time() -> None:
+    assert Timing("one after another", 1, [0.5, 0.5]).throughput == 2.0
+    assert Timing("side by side", 1, [0.5, 0.5], wall_s=0.5).throughput == 4.0
 
 
 def _table(lines: list[str]) -> dict[str, str]:
@@ -143,6 +154,7 @@ def test_the_paired_run_reports_each_sides_median_the_service_phases_and_rounds(
     assert 0 < float(cells["p50 of (service - infer) ms"]) < float(cells["service p50 ms"])
     assert rounds["case"] == "ct-512-dicom" and rounds["rounds"] == "2"
     assert float(rounds["service img/s"]) > 0 and float(rounds["direct batch 4 img/s"]) > 0
+    assert float(rounds["direct side by side img/s"]) > 0
     lowest, median, highest = (
         float(rounds[k].rstrip("%"))
         for k in ("lowest round", "service / best direct (median of rounds)", "highest round")
