@@ -24,10 +24,11 @@ def test_a_call_on_every_lane_waits_for_the_one_lane_calls_and_they_for_it() -> 
     lanes = Lanes(2)
     assert lanes.try_acquire(1) and not lanes.try_acquire(2)
     wide = in_daemon_thread(lanes.acquire, 2)
-    wait_for(lambda: lanes._waiting_for_all == 1)
-    # The second lane is free, but a call waiting for every lane goes first.
+    wait_for(lambda: lanes.waiting == 1)
+    # The second lane is free, but the call waiting for every lane came first.
     assert not wide.done() and not lanes.try_acquire(1)
     narrow = in_daemon_thread(lanes.acquire, 1)
+    wait_for(lambda: lanes.waiting == 2)
     lanes.release(1)
     wide.result(10)
     assert not narrow.done()  # behind the call on every lane
@@ -42,6 +43,25 @@ def test_a_call_on_every_lane_waits_for_the_one_lane_calls_and_they_for_it() -> 
         lanes.release(1)
     with pytest.raises(ValueError):
         lanes.try_acquire(3)
+
+
+def test_calls_waiting_for_lanes_are_served_in_the_order_they_came() -> None:
+    lanes = Lanes(2)
+    assert lanes.try_acquire(2)
+    order: list[int] = []
+
+    def take(n: int, count: int) -> None:
+        lanes.acquire(count)
+        order.append(n)
+        lanes.release(count)
+
+    for n, count in enumerate((2, 1, 2, 1, 2, 1)):  # each must end before the next fits
+        in_daemon_thread(take, n, count)
+        wait_for(lambda: lanes.waiting == n + 1)
+    lanes.release(2)
+    wait_for(lambda: len(order) == 6 and lanes.free == 2)
+    assert order == [0, 1, 2, 3, 4, 5]
+
 
 
 class CountingModel(GatedModel):
