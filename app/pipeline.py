@@ -4,8 +4,8 @@ Every CPU-bound step (decoding, inference, metrics, encoding) runs in one worker
 request; the event loop only awaits it. Inference goes through each model's micro-batcher
 (``app/inference/batcher``): concurrent requests share ONNX Runtime calls or, on the CPU, run
 side by side on one core each (``cpu_lanes``); calls across models share the execution lanes
-(``app/inference/lanes``), because a session already uses every core it is given. The wait for a batch is the ``queue`` phase. A full batch queue answers
-503 before the image is even prepared.
+(``app/inference/lanes``), because a session already uses every core it is given. The wait for
+a batch is the ``queue`` phase. A full batch queue answers 503 before the image is even prepared.
 """
 
 from __future__ import annotations

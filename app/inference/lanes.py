@@ -3,10 +3,10 @@
 A call on the CPU provider with every core (ONNX Runtime's intra-op threads) takes all lanes; a
 one-thread call takes one, so on a 2-core node two requests' one-thread calls run side by side,
 and a GPU call takes one. A plain counting semaphore cannot take several permits at once without
-deadlocking two waiters against each other, hence this small condition-variable counter. Waiting calls
-are served first come, first served: otherwise a steady stream of one-lane calls would keep a
-call waiting for every lane waiting for ever, and two such calls could overtake each other
-without end (a 2048 x 2048 radiograph's p99 / p50 at concurrency 4 went from 1.2 to 2.8).
+deadlocking two waiters against each other, hence this small condition-variable counter.
+Waiting calls are served first come, first served: otherwise a steady stream of one-lane calls
+would keep a call that needs every lane waiting for ever, and two such calls could overtake each
+other without end (a 2048 x 2048 radiograph's p99 / p50 at concurrency 4 went from 1.2 to 2.8).
 """
 
 from __future__ import annotations
