@@ -19,8 +19,9 @@ model call, is the service's own work without the model call's jitter, which on 
 machine is larger than the target.
 
 Throughput is compared the same way: rounds of direct calls (batch 1 and batch 4, ONNX Runtime's
-default options, and one-thread sessions side by side, one thread per core) and a burst of requests at concurrency 4 (sent by the same client as the pairs,
-one thread and connection per client for http.client), alternating, each round giving the
+default options, and one-thread sessions side by side, one thread per core) and a burst of
+requests at concurrency 4 (sent by the same client as the pairs, one thread and connection per
+client for http.client), alternating, each round giving the
 service's images per second over the fastest direct way; the median round is reported with the
 lowest and highest, so a slow minute of the machine moves one round, not the verdict.
 """
@@ -154,8 +155,8 @@ class Round:
 def run_rounds(
     base_url: str, case: Case, model: LoadedModel, rounds: int, concurrency: int, requests: int, client: Client
 ) -> list[Round]:
-    """``rounds`` times: direct batch 1, batch 4 and side by side on ``requests`` images each, then ``requests``
-    requests at ``concurrency`` sent by ``client`` (stdlib or httpx, see ``bench.loadgen``); the
+    """``rounds`` times: direct batch 1, batch 4 and side by side on ``requests`` images each, then
+    ``requests`` requests at ``concurrency`` sent by ``client`` (stdlib or httpx, see ``bench.loadgen``); the
     direct session has ONNX Runtime's default options (threads keep spinning between calls: its
     fastest for back-to-back calls)."""
     session, one_thread = bare_session(model), bare_session(model, threads=1)
@@ -232,8 +233,8 @@ def print_rounds(base_url: str, cases: list[Case], registry: ModelRegistry, args
     print(f"\nThroughput at concurrency {args.concurrency}, in alternating rounds of "
           f"{args.round_requests} images:\n")
     columns = [
-        "case", "rounds", "direct batch 1 img/s", "direct batch 4 img/s", "direct side by side img/s", "service img/s",
-        "service / best direct (median of rounds)", "lowest round", "highest round",
+        "case", "rounds", "direct batch 1 img/s", "direct batch 4 img/s", "direct side by side img/s",
+        "service img/s", "service / best direct (median of rounds)", "lowest round", "highest round",
     ]
     print_header(columns)
     for case in cases:

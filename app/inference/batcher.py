@@ -273,7 +273,6 @@ class MicroBatcher:
                 if (self._closed and not self._queue) or self._stopped_by is not None:
                     return None
                 self._condition.wait()
-            deadline = self._queue[0].enqueued + self.max_delay_s
             batch: list[_Item] = []
             self._in_hand.append(batch)  # taken off the queue, not yet answered
             if self._run_narrow is not None:
@@ -282,6 +281,7 @@ class MicroBatcher:
                 batch.append(self._queue.popleft())
                 self._queued_tiles -= batch[0].tiles
                 return batch
+            deadline = self._queue[0].enqueued + self.max_delay_s
             while True:
                 self._take(batch)
                 full = sum(i.tiles for i in batch) >= self.max_batch
@@ -342,17 +342,15 @@ class MicroBatcher:
         narrow = self._run_narrow
         assert narrow is not None  # lanes only exist with a one-thread session
         rows, cols = batch[0].shape[-2:]
-        small = self._narrow_max_tile_pixels is None or rows * cols <= self._narrow_max_tile_pixels
-        if not small:
+        large = self._narrow_max_tile_pixels is not None and rows * cols > self._narrow_max_tile_pixels
+        if large:
             self._execution.acquire(self._wide_lanes)
-            lanes, run, one_core = self._wide_lanes, self._run, False
-        elif alone and self._execution.try_acquire(self._wide_lanes):
-            lanes, run, one_core = self._wide_lanes, self._run, False
-        else:
+        one_core = not large and not (alone and self._execution.try_acquire(self._wide_lanes))
+        if one_core:
             self._execution.acquire(1)
-            lanes, run, one_core = 1, narrow, True
+        lanes = 1 if one_core else self._wide_lanes
         try:
-            self._run_batch(batch, run, one_core=one_core)
+            self._run_batch(batch, narrow if one_core else self._run, one_core=one_core)
         finally:
             self._execution.release(lanes)
 

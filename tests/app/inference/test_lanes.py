@@ -63,7 +63,6 @@ def test_calls_waiting_for_lanes_are_served_in_the_order_they_came() -> None:
     assert order == [0, 1, 2, 3, 4, 5]
 
 
-
 class CountingModel(GatedModel):
     """A GatedModel that records how many of its calls ran at once."""
 
@@ -85,13 +84,13 @@ class CountingModel(GatedModel):
 
 
 @pytest.fixture
-def laned() -> Iterator[Callable[[Callable[[np.ndarray], np.ndarray], CountingModel], MicroBatcher]]:
+def laned() -> Iterator[Callable[..., MicroBatcher]]:
     made: list[MicroBatcher] = []
 
-    def make(wide: Callable[[np.ndarray], np.ndarray], narrow: CountingModel) -> MicroBatcher:
+    def make(wide: Callable[[np.ndarray], np.ndarray], narrow: CountingModel, **options: int) -> MicroBatcher:
         batcher = MicroBatcher(
             "laned", wide, max_batch=8, max_delay_s=5.0, max_queue=64,
-            execution=Lanes(2), wide_lanes=2, run_narrow=narrow,
+            execution=Lanes(2), wide_lanes=2, run_narrow=narrow, **options,
         )
         made.append(batcher)
         return batcher
@@ -116,19 +115,13 @@ def test_under_load_one_core_calls_run_side_by_side_one_submission_each(laned) -
     assert outputs == [2.0 * v for v in range(5)]  # each caller its own answer
 
 
-def test_large_tiles_run_on_every_core_even_under_load() -> None:
+def test_large_tiles_run_on_every_core_even_under_load(laned) -> None:  # type: ignore[no-untyped-def]
     wide, narrow = CountingModel(), CountingModel()
-    batcher = MicroBatcher(
-        "laned", wide, max_batch=8, max_delay_s=5.0, max_queue=64,
-        execution=Lanes(2), wide_lanes=2, run_narrow=narrow, narrow_max_tile_pixels=8 * 8,
-    )
-    try:
-        with batcher.expect(), ThreadPoolExecutor(4) as pool:  # never alone
-            small = [pool.submit(batcher.submit, tiles(v)) for v in (1, 2)]
-            large = [pool.submit(batcher.submit, tiles(v, size=16)) for v in (3, 4)]
-            results = [f.result(10)[0] for f in (*small, *large)]
-    finally:
-        batcher.close()
+    batcher = laned(wide, narrow, narrow_max_tile_pixels=8 * 8)
+    with batcher.expect(), ThreadPoolExecutor(4) as pool:  # never alone
+        small = [pool.submit(batcher.submit, tiles(v)) for v in (1, 2)]
+        large = [pool.submit(batcher.submit, tiles(v, size=16)) for v in (3, 4)]
+        results = [f.result(10)[0] for f in (*small, *large)]
     assert narrow.sizes == [1, 1] and wide.sizes == [1, 1]
     assert [float(r.flat[0]) for r in results] == [2.0, 4.0, 6.0, 8.0]
     assert wide.most_at_once == 1
