@@ -27,6 +27,7 @@ from app.inference.batcher import BatchObserver, Ticket
 from app.inference.card import Modality
 from app.inference.engine import Denoiser, PhaseTimer
 from app.inference.lanes import Lanes
+from app.inference.noise_map import summarise
 from app.inference.registry import LoadedModel, ModelRegistry
 from app.quality import summary
 from app.quality.reference import reference_data_range
@@ -35,6 +36,12 @@ from app.settings import Settings
 MetricsMode = Literal["none", "noref", "all"]
 
 logger = logging.getLogger(__name__)
+
+
+def _level_text(noise_level: dict[str, object] | None) -> str | None:
+    if noise_level is None:
+        return None
+    return f"noise level estimated {noise_level['estimated']:g}, applied {noise_level['applied']:g} {noise_level['units']}"
 
 
 @dataclass(frozen=True)
@@ -67,6 +74,7 @@ class DenoiseOutcome:
     metrics: dict[str, object]
     seconds: dict[str, float]
     pixels: int
+    noise_level: dict[str, object] | None = None  # conditioned models: estimated and applied level
 
 
 @dataclass
@@ -150,13 +158,28 @@ class DenoisePipeline:
             )
         model = self.registry.resolve(image.modality, request.model)
         if request.strength is not None:
-            # No served model has a noise-level input yet (the registry refuses extra inputs).
-            raise InvalidRequest(
-                f"Model '{model.card.id}' has no noise-level input, so 'strength' cannot be "
-                "applied; leave 'strength' out.",
-                code="strength_unsupported",
-            )
+            noise_map = model.card.noise_map
+            if noise_map is None:
+                raise InvalidRequest(
+                    f"Model '{model.card.id}' has no noise-level input, so 'strength' cannot be "
+                    "applied; leave 'strength' out or choose a model that takes one.",
+                    code="strength_unsupported",
+                )
+            low, high = noise_map.strength_range
+            if not low <= request.strength <= high:
+                raise InvalidRequest(
+                    f"'strength' multiplies the estimated noise level and must be between {low:g} and "
+                    f"{high:g} for model '{model.card.id}' (1: the level as estimated); got {request.strength:g}.",
+                    code="strength_out_of_range",
+                )
         return image.modality, model
+
+    @staticmethod
+    def _strength(request: DenoiseRequest, model: LoadedModel) -> float | None:
+        """The strength applied: the request's, or 1 for a model with a noise-level input."""
+        if model.card.noise_map is None:
+            return None
+        return 1.0 if request.strength is None else request.strength
 
     def _reference(self, request: DenoiseRequest, image: Image) -> Image | None:
         if request.metrics == "all" and request.reference is None:
@@ -200,17 +223,21 @@ class DenoisePipeline:
         denoiser: Denoiser,
         ticket: Ticket,
         timer: PhaseTimer,
-    ) -> tuple[dict[str, object], bytes]:
-        frames = denoiser.denoise(image.frames, timer, ticket)
+    ) -> tuple[dict[str, object], bytes, dict[str, object] | None]:
+        strength = self._strength(request, model)
+        frames, estimates = denoiser.denoise_with_level(image.frames, timer, ticket, strength or 1.0)
         denoiser.batcher.withdraw(ticket)  # a forming batch need not wait for this request
+        noise_level = summarise(estimates) if estimates else None
         denoised = image.with_frames(frames)
         started = time.perf_counter()
         metrics = self._metrics(request, image, denoised, clean, model)
+        if noise_level is not None and request.metrics != "none":
+            metrics["noise_level"] = noise_level
         started = timer.add("metrics", started)
-        provenance = Provenance(model.card.id, model.card.version, request.strength)
+        provenance = Provenance(model.card.id, model.card.version, strength, _level_text(noise_level))
         content = codec.encode(denoised, provenance)
         timer.add("encode", started)
-        return metrics, content
+        return metrics, content, noise_level
 
     def _run(self, request: DenoiseRequest, labels: RequestLabels) -> DenoiseOutcome:
         timer = PhaseTimer()
@@ -225,7 +252,9 @@ class DenoisePipeline:
         try:
             clean = self._reference(request, image)
             timer.add("decode", started)
-            metrics, content = self._denoise_and_encode(request, image, clean, model, denoiser, ticket, timer)
+            metrics, content, noise_level = self._denoise_and_encode(
+                request, image, clean, model, denoiser, ticket, timer
+            )
         finally:
             denoiser.batcher.withdraw(ticket)
         return DenoiseOutcome(
@@ -237,6 +266,7 @@ class DenoisePipeline:
             metrics=metrics,
             seconds=timer.seconds,
             pixels=image.pixel_count,
+            noise_level=noise_level,
         )
 
     async def run(self, request: DenoiseRequest, labels: RequestLabels) -> DenoiseOutcome:

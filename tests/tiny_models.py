@@ -15,7 +15,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from app.imaging.intensity import NormalisationSpec
-from app.inference.card import ModelCard, NoiseModelSpec, TensorSpec, write_card
+from app.inference.card import ModelCard, NoiseMapSpec, NoiseModelSpec, TensorSpec, write_card
 
 NORMALISATION = {
     "ct": NormalisationSpec(kind="fixed", low=-1024, high=3071, units="HU"),
@@ -87,6 +87,73 @@ def write_model(
     )
     write_card(directory, card)
     return directory
+
+
+def conditioned_model(gain: float) -> onnx.ModelProto:
+    """A noise-level-conditioned stand-in: input [N, 2, H, W] (image, noise map), output the image
+    moved towards its 3 x 3 mean by clip(gain * map, 0, 1): more noise told, more smoothing."""
+    weight = numpy_helper.from_array(MEAN_3X3.astype(np.float32).reshape(1, 1, 3, 3), "weight")
+    constants = [
+        numpy_helper.from_array(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "pads"),
+        numpy_helper.from_array(np.array([0], np.int64), "zero"),
+        numpy_helper.from_array(np.array([1], np.int64), "one"),
+        numpy_helper.from_array(np.array([2], np.int64), "two"),
+        numpy_helper.from_array(np.array(gain, np.float32), "gain"),
+        numpy_helper.from_array(np.array(0.0, np.float32), "low"),
+        numpy_helper.from_array(np.array(1.0, np.float32), "high"),
+    ]
+    nodes = [
+        helper.make_node("Slice", ["noisy", "zero", "one", "one"], ["image"]),
+        helper.make_node("Slice", ["noisy", "one", "two", "one"], ["sigma"]),
+        helper.make_node("Pad", ["image", "pads"], ["padded"], mode="reflect"),
+        helper.make_node("Conv", ["padded", "weight"], ["mean"]),
+        helper.make_node("Mul", ["sigma", "gain"], ["scaled"]),
+        helper.make_node("Clip", ["scaled", "low", "high"], ["alpha"]),
+        helper.make_node("Sub", ["mean", "image"], ["towards"]),
+        helper.make_node("Mul", ["alpha", "towards"], ["step"]),
+        helper.make_node("Add", ["image", "step"], ["denoised"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny-conditioned",
+        [helper.make_tensor_value_info("noisy", TensorProto.FLOAT, ["N", 2, "H", "W"])],
+        [helper.make_tensor_value_info("denoised", TensorProto.FLOAT, ["N", 1, "H", "W"])],
+        initializer=[weight, *constants],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+NOISE_MAPS = {
+    "ct": NoiseMapSpec(estimator="constant", signal_range=(-300.0, 300.0), level_units="HU"),
+    "mr": NoiseMapSpec(estimator="constant", signal_range_of_robust_max=(0.2, 10.0), level_units="%"),
+    "xray": NoiseMapSpec(estimator="signal_dependent", level_units="stored value"),
+}
+
+
+def write_conditioned_model(root: Path, modality: str, architecture: str = "unet", gain: float = 20.0,
+                            default: bool = True, non_negative: bool | None = None) -> Path:
+    """A tiny conditioned model with the card a real one has (two input channels, noise_map)."""
+    directory = write_model(root, modality, architecture, default=default)
+    data = conditioned_model(gain).SerializeToString()
+    (directory / "model.onnx").write_bytes(data)
+    card = read_card_file(directory)
+    card = card.model_copy(update={
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "input": TensorSpec(name="noisy", channels=2),
+        "noise_map": NOISE_MAPS[modality],
+        "non_negative": modality != "ct" if non_negative is None else non_negative,
+        "spatial_multiple": 1,
+    })
+    write_card(directory, card)
+    return directory
+
+
+def read_card_file(directory: Path) -> ModelCard:
+    from app.inference.card import read_card
+
+    return read_card(directory)
 
 
 def write_model_set(root: Path) -> Path:

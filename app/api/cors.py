@@ -20,6 +20,7 @@ EXPOSED_HEADERS = (
     "X-Request-Id",
     "X-Denoise-Metrics",
     "X-Model-Id",
+    "X-Noise-Level",
     "X-Execution-Provider",
     "Server-Timing",
     "Content-Disposition",

@@ -45,12 +45,14 @@ class OipError(Exception):
 
 @dataclass(frozen=True)
 class TensorContract:
-    """What a model accepts and returns: names from its card, FP32 [N, 1, H, W]."""
+    """What a model accepts and returns: names from its card, FP32 [N, C, H, W] in, [N, 1, H, W]
+    out; C is 2 (the image, then its noise map) for a model conditioned on the noise level."""
 
     input_name: str
     output_name: str
     spatial_multiple: int
     max_pixels: int
+    input_channels: int = 1
 
 
 @dataclass(frozen=True)
@@ -108,10 +110,13 @@ def _check_shape(shape: object, contract: TensorContract) -> tuple[int, int, int
         or len(shape) != 4
         or not all(isinstance(s, int) and not isinstance(s, bool) for s in shape)
     ):
-        raise OipError(f"Input shape must be [N, 1, H, W] (4 integers), got {shape!r}.")
+        raise OipError(f"Input shape must be [N, {contract.input_channels}, H, W] (4 integers), got {shape!r}.")
     n, channels, rows, cols = shape
-    if n < 1 or rows < 1 or cols < 1 or channels != 1:
-        raise OipError(f"Input shape must be [N, 1, H, W] with N, H, W >= 1, got {shape}.")
+    if n < 1 or rows < 1 or cols < 1 or channels != contract.input_channels:
+        raise OipError(
+            f"Input shape must be [N, {contract.input_channels}, H, W] with N, H, W >= 1, got {shape}"
+            + (" (channel 0 the image, channel 1 its noise map)." if contract.input_channels == 2 else ".")
+        )
     if rows % contract.spatial_multiple or cols % contract.spatial_multiple:
         raise OipError(
             f"H and W must be multiples of {contract.spatial_multiple} for this model (got {rows} x "

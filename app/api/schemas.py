@@ -50,6 +50,13 @@ class DenoiseJSONResponse(BaseModel):
         "is sent): PSNR, SSIM, MAE, RMSE of the input and of the output. " + DATA_RANGE_DOC
     )
     timings_ms: dict[str, float] = Field(description="milliseconds per phase")
+    noise_level: dict[str, Any] | None = Field(
+        default=None,
+        description="models with a noise-level input: {estimated, applied, strength, units} (the "
+        "level estimated blindly from the image, the level the model was told = estimated x "
+        "strength, in the card's noise_map.level_units), and for X-ray {gain, offset}: the fitted "
+        "variance = gain * value + offset in stored units; null for blind models",
+    )
     request_id: str
     execution_provider: str = Field(description="the ONNX Runtime provider the model's session runs on")
     preview: dict[str, Any] | None = Field(
@@ -69,7 +76,9 @@ class ModelInfo(BaseModel):
     default: bool
     execution_provider: str = Field(description="provider the session actually got")
     execution_providers: list[str] = Field(description="the session's providers in priority order")
-    accepts_strength: bool = Field(description="whether the model takes a noise-level input")
+    accepts_strength: bool = Field(
+        description="whether the model takes a noise-level input, and so the form field 'strength'"
+    )
     card: dict[str, Any]
 
 

@@ -81,6 +81,7 @@ class Provenance:
     model_id: str
     model_version: str
     strength: float | None = None  # None: the model's own default (it has no noise-level input)
+    noise_level: str | None = None  # what a conditioned model was told, in words (not in the UIDs)
 
     @property
     def strength_text(self) -> str:
@@ -91,6 +92,7 @@ class Provenance:
         return (
             f"Denoised by {SOFTWARE_NAME} {SOFTWARE_VERSION} with model {self.model_id} version "
             f"{self.model_version}, strength {self.strength_text}"
+            + (f" ({self.noise_level})" if self.noise_level else "")
         )
 
 

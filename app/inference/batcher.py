@@ -50,7 +50,7 @@ from app.inference.lanes import Lanes
 
 logger = logging.getLogger(__name__)
 
-# Takes a float32 batch (N, 1, h, w), returns one of the same shape.
+# Takes a float32 batch (N, C, h, w), returns (N, 1, h, w).
 RunFunction = Callable[[np.ndarray], np.ndarray]
 
 
@@ -165,9 +165,9 @@ class MicroBatcher:
             self._refuse_if_full(tiles)
 
     def submit(self, inputs: np.ndarray, ticket: Ticket | None = None) -> tuple[np.ndarray, float]:
-        """Run ``inputs`` (k, 1, h, w) in some batch; returns (outputs, seconds spent queued)."""
+        """Run ``inputs`` (k, C, h, w) in some batch; returns (outputs, seconds spent queued)."""
         if inputs.ndim != 4:
-            raise ValueError(f"expected a batch (k, 1, h, w), got shape {inputs.shape}")
+            raise ValueError(f"expected a batch (k, C, h, w), got shape {inputs.shape}")
         item = _Item(inputs, time.perf_counter(), ticket)
         with self._condition:
             if self._closed:

@@ -41,6 +41,34 @@ class NoiseModelSpec(BaseModel):
     train_range: tuple[float, float]
     default_level: float
     evaluation_levels: dict[str, float] = Field(default_factory=dict)
+    gaussian_train_range: tuple[float, float] | None = Field(
+        None, description="white Gaussian noise also trained on, in its own units (see description)")
+    gaussian_evaluation_levels: dict[str, float] = Field(default_factory=dict)
+
+
+STRENGTH_RANGE = (0.25, 4.0)
+
+
+class NoiseMapSpec(BaseModel):
+    """A model conditioned on the noise level: how the service fills its noise map channel.
+
+    The map is the per-pixel noise standard deviation in the card's unit range (image units
+    divided by the normalisation window's width). The service estimates it from the image with
+    ``estimator`` and multiplies it by the request's ``strength``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    channel: int = Field(1, ge=1, description="input channel of the map; channel 0 is the image")
+    estimator: Literal["constant", "signal_dependent"] = Field(
+        description="constant: one sigma per image (CT, MR); signal_dependent: variance = gain * signal + "
+                    "offset, a Poisson-Gaussian detector (X-ray)")
+    signal_range: tuple[float, float] | None = Field(
+        None, description="image units: only blocks whose mean lies here are measured (CT: soft tissue)")
+    signal_range_of_robust_max: tuple[float, float] | None = Field(
+        None, description="the same, as fractions of the image's 99.5th percentile (MR: above the background)")
+    level_units: str = Field(description="units in which the estimated level is reported")
+    strength_range: tuple[float, float] = STRENGTH_RANGE
 
 
 class ModelCard(BaseModel):
@@ -66,6 +94,10 @@ class ModelCard(BaseModel):
     receptive_field: int = Field(ge=1, description="pixels; tiles overlap by at least half of it")
     normalisation: NormalisationSpec
     noise_model: NoiseModelSpec
+    noise_map: NoiseMapSpec | None = Field(
+        None, description="present when the model takes a noise level map as input channel 1")
+    non_negative: bool = Field(
+        False, description="the images are non-negative magnitudes: inputs and outputs are clipped at zero")
     training_data: dict[str, Any]
     training_config: dict[str, Any]
     validation_metrics: dict[str, Any]

@@ -23,6 +23,7 @@ from app.errors import InferenceFailed
 from app.imaging.intensity import from_unit_range, to_unit_range, window_for
 from app.inference.batcher import BatchObserver, MicroBatcher, Ticket
 from app.inference.lanes import Lanes
+from app.inference.noise_map import NoiseEstimate, noise_map
 from app.inference.registry import LoadedModel
 from app.inference.tiling import TilePlan, run_tiled
 from app.settings import Settings
@@ -77,7 +78,7 @@ class Denoiser:
         )
 
     def run_model(self, batch: np.ndarray) -> np.ndarray:
-        """One ONNX Runtime call on a float32 batch (N, 1, h, w), bypassing the batcher.
+        """One ONNX Runtime call on a float32 batch (N, C, h, w), bypassing the batcher.
 
         Raises ``InferenceFailed`` (500 ``inference_failed``) when ONNX Runtime fails on it.
         """
@@ -105,12 +106,23 @@ class Denoiser:
         return np.asarray(output, dtype=np.float32)
 
     def denoise(self, frames: np.ndarray, timer: PhaseTimer, ticket: Ticket | None = None) -> np.ndarray:
-        """(frames, rows, cols) in the image's units -> the same, denoised (float64).
+        """(frames, rows, cols) in the image's units -> the same, denoised (float64)."""
+        return self.denoise_with_level(frames, timer, ticket)[0]
 
-        ``ticket`` (from ``self.batcher.expect()``) lets a forming batch wait for this request.
+    def denoise_with_level(
+        self, frames: np.ndarray, timer: PhaseTimer, ticket: Ticket | None = None, strength: float = 1.0
+    ) -> tuple[np.ndarray, list[NoiseEstimate]]:
+        """(frames, rows, cols) in the image's units -> the same, denoised (float64), and for a
+        conditioned model the noise level estimated on each frame (else an empty list).
+
+        ``ticket`` (from ``self.batcher.announce()``) lets a forming batch wait for this request.
+        ``strength`` multiplies the estimated level the model is told (conditioned models only).
+        A magnitude model (card ``non_negative``) sees its input and gives its output clipped at 0.
         """
-        spec = self.model.card.normalisation
+        card = self.model.card
+        spec = card.normalisation
         denoised = np.empty_like(frames, dtype=np.float64)
+        estimates: list[NoiseEstimate] = []
         queued = 0.0
 
         def run_batch(batch: np.ndarray) -> np.ndarray:
@@ -121,8 +133,15 @@ class Denoiser:
 
         for index, frame in enumerate(frames):
             started = time.perf_counter()
+            if card.non_negative:
+                frame = np.maximum(frame, 0)
             window = window_for(frame, spec)
             unit = to_unit_range(frame, window)
+            if card.noise_map is not None:
+                sigma, estimate = noise_map(frame, card.noise_map, strength)
+                sigma /= np.float32(window.width)
+                unit = np.stack([unit, sigma])
+                estimates.append(estimate)
             started = timer.add("preprocess", started)
             queued = 0.0
             result = run_tiled(unit, run_batch, self.plan)
@@ -131,8 +150,10 @@ class Denoiser:
             timer.add_seconds("infer", now - started - queued)
             started = now
             from_unit_range(result, window, out=denoised[index])
+            if card.non_negative:
+                np.maximum(denoised[index], 0.0, out=denoised[index])
             timer.add("postprocess", started)
-        return denoised
+        return denoised, estimates
 
     def close(self) -> None:
         self.batcher.close()

@@ -173,8 +173,14 @@ def _check_card(card: ModelCard, card_dir: Path, models_dir: Path) -> None:
     folder = (card_dir.relative_to(models_dir).parts or ("the models folder itself",))[0]
     if folder != card.modality:
         raise _Refused(f"card says modality {card.modality} but it sits under {folder}/")
-    if card.input.channels != 1 or card.output.channels != 1:
-        raise _Refused("only single-channel models are supported")
+    if card.output.channels != 1:
+        raise _Refused("only single-channel outputs are supported")
+    expected = 1 if card.noise_map is None else 2
+    if card.input.channels != expected:
+        what = "the image and its noise map" if card.noise_map else "the image"
+        raise _Refused(f"the input has {card.input.channels} channels; this card's model takes {expected} ({what})")
+    if card.noise_map is not None and card.noise_map.channel != 1:
+        raise _Refused("the noise map must be input channel 1")
 
 
 def _check_session(card: ModelCard, session: ort.InferenceSession) -> None:
@@ -182,6 +188,9 @@ def _check_session(card: ModelCard, session: ort.InferenceSession) -> None:
     outputs = [o.name for o in session.get_outputs()]
     if inputs != [card.input.name]:
         raise _Refused(f"ONNX inputs {inputs} differ from the card's input '{card.input.name}'")
+    shape = session.get_inputs()[0].shape
+    if len(shape) == 4 and isinstance(shape[1], int) and shape[1] != card.input.channels:
+        raise _Refused(f"the ONNX input has {shape[1]} channels, the card says {card.input.channels}")
     if card.output.name not in outputs:
         raise _Refused(f"ONNX outputs {outputs} lack the card's output '{card.output.name}'")
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# Takes a float32 batch (N, 1, h, w), returns one of the same shape.
+# Takes a float32 batch (N, C, h, w), returns (N, 1, h, w).
 BatchFunction = Callable[[np.ndarray], np.ndarray]
 
 TILE_GRID = 16
@@ -117,13 +117,14 @@ def axis_weights(length: int, start: int, total: int, margin: int, blend: int) -
 
 
 def _pad_to_multiple(image: np.ndarray, multiple: int) -> np.ndarray:
-    rows, cols = image.shape
+    """Pad the last two axes of (C, H, W) to multiples of ``multiple``."""
+    rows, cols = image.shape[-2:]
     pad_rows, pad_cols = round_up(rows, multiple) - rows, round_up(cols, multiple) - cols
     if pad_rows == 0 and pad_cols == 0:
         return image
     # Reflection continues the anatomy's texture; zero or constant padding would add an edge.
     mode = "reflect" if min(rows, cols) > 1 else "edge"
-    return np.pad(image, ((0, pad_rows), (0, pad_cols)), mode=mode)
+    return np.pad(image, ((0, 0), (0, pad_rows), (0, pad_cols)), mode=mode)
 
 
 def _batches(items: list[tuple[int, int]], size: int) -> Iterator[list[tuple[int, int]]]:
@@ -132,16 +133,20 @@ def _batches(items: list[tuple[int, int]], size: int) -> Iterator[list[tuple[int
 
 
 def run_tiled(image: np.ndarray, run_batch: BatchFunction, plan: TilePlan) -> np.ndarray:
-    """Apply ``run_batch`` to a 2-D float32 image of any size; returns the same shape."""
-    if image.ndim != 2:
-        raise ValueError(f"expected a 2-D image, got shape {image.shape}")
-    rows, cols = image.shape
+    """Apply ``run_batch`` to a float32 image of any size, (H, W) or channels first (C, H, W):
+    a conditioned model's noise map travels as channel 1 and is tiled with the image. Returns
+    the (H, W) output."""
+    if image.ndim not in (2, 3):
+        raise ValueError(f"expected a 2-D image or (channels, rows, cols), got shape {image.shape}")
     image = image.astype(np.float32, copy=False)
+    if image.ndim == 2:
+        image = image[np.newaxis]
+    rows, cols = image.shape[1:]
     if rows <= plan.tile and cols <= plan.tile:  # one piece: only the model's own multiple
         whole = _pad_to_multiple(image, plan.multiple)
-        return run_batch(np.ascontiguousarray(whole)[np.newaxis, np.newaxis])[0, 0, :rows, :cols]
+        return run_batch(np.ascontiguousarray(whole)[np.newaxis])[0, 0, :rows, :cols]
     padded = np.ascontiguousarray(_pad_to_multiple(image, plan.grid))
-    total_rows, total_cols = padded.shape
+    total_rows, total_cols = padded.shape[1:]
 
     tile_rows, tile_cols = plan.axis_tile(total_rows), plan.axis_tile(total_cols)
     row_starts = tile_starts(total_rows, tile_rows, plan.stride_for(tile_rows))
@@ -149,12 +154,12 @@ def run_tiled(image: np.ndarray, run_batch: BatchFunction, plan: TilePlan) -> np
     row_weights = {s: axis_weights(tile_rows, s, total_rows, plan.margin, plan.blend) for s in row_starts}
     col_weights = {s: axis_weights(tile_cols, s, total_cols, plan.margin, plan.blend) for s in col_starts}
 
-    accumulated = np.zeros_like(padded)
-    weight_sum = np.zeros_like(padded)
+    accumulated = np.zeros((total_rows, total_cols), dtype=np.float32)
+    weight_sum = np.zeros_like(accumulated)
     positions = [(r, c) for r in row_starts for c in col_starts]
     for group in _batches(positions, plan.batch):
-        batch = np.stack([padded[r : r + tile_rows, c : c + tile_cols] for r, c in group])
-        outputs = run_batch(batch[:, np.newaxis])
+        batch = np.stack([padded[:, r : r + tile_rows, c : c + tile_cols] for r, c in group])
+        outputs = run_batch(batch)
         if outputs.shape != (len(group), 1, tile_rows, tile_cols):
             raise ValueError(f"model returned shape {outputs.shape} for a batch of {batch.shape}")
         for (r, c), output in zip(group, outputs[:, 0], strict=True):

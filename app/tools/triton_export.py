@@ -58,7 +58,7 @@ def config_pbtxt(card: ModelCard, options: TritonOptions) -> str:
         'backend: "onnxruntime"',
         f"max_batch_size: {options.max_batch_size}",
         "input [",
-        f"  {{ name: {_quote(card.input.name)} data_type: TYPE_FP32 format: FORMAT_NCHW dims: [ 1, -1, -1 ] }}",
+        f"  {{ name: {_quote(card.input.name)} data_type: TYPE_FP32 format: FORMAT_NCHW dims: [ {card.input.channels}, -1, -1 ] }}",
         "]",
         "output [",
         f"  {{ name: {_quote(card.output.name)} data_type: TYPE_FP32 dims: [ 1, -1, -1 ] }}",

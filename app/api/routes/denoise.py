@@ -47,6 +47,11 @@ _IMAGE_CONTENT = {
 _HEADERS = {
     "X-Denoise-Metrics": {"description": "the metrics block as compact JSON", "schema": {"type": "string"}},
     "X-Model-Id": {"description": "id of the model used", "schema": {"type": "string"}},
+    "X-Noise-Level": {
+        "description": "models with a noise-level input: the estimated and applied level, the strength "
+        "and units, as compact JSON",
+        "schema": {"type": "string"},
+    },
     "X-Request-Id": {
         "description": "the request's id (the client's own if it sent one)",
         "schema": {"type": "string"},
@@ -99,7 +104,13 @@ async def denoise(
     ] = None,
     strength: Annotated[
         float | None,
-        Form(description="noise level, only for models with a noise-level input (none served yet: 422)"),
+        Form(
+            description="models with a noise-level input (every default model): a multiplier on the "
+            "noise level estimated from the image, 0.25 to 4 (default 1). Below 1 removes less and "
+            "keeps more texture, above 1 smooths more. The estimated and applied levels come back "
+            "in X-Noise-Level, the metrics and, for DICOM, the Derivation Description. 422 outside "
+            "the range or for a model without a noise-level input"
+        ),
     ] = None,
     metrics: Annotated[
         MetricsMode,
@@ -152,6 +163,8 @@ async def denoise(
         "X-Execution-Provider": outcome.model.execution_provider,
         "Server-Timing": ", ".join(f"{phase};dur={ms}" for phase, ms in timings.items()),
     }
+    if outcome.noise_level is not None:
+        headers["X-Noise-Level"] = _json_header(outcome.noise_level)
     if accept is not None and "application/json" in accept:
         body = DenoiseJSONResponse(
             image_base64=base64.b64encode(outcome.content).decode("ascii"),
@@ -160,6 +173,7 @@ async def denoise(
             modality=outcome.modality,
             metrics=outcome.metrics,
             timings_ms=timings,
+            noise_level=outcome.noise_level,
             request_id=request_id,
             execution_provider=outcome.model.execution_provider,
         )

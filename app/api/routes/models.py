@@ -26,7 +26,7 @@ async def list_models(registry: RegistryDep) -> ModelsResponse:
             default=m.card.default,
             execution_provider=m.execution_provider,
             execution_providers=list(m.providers),
-            accepts_strength=False,
+            accepts_strength=m.card.noise_map is not None,
             card=m.card.model_dump(mode="json"),
         )
         for m in sorted(registry.models.values(), key=lambda m: (m.card.modality, m.card.id))

@@ -155,8 +155,8 @@ def _model(registry: ModelRegistry, name: str, version: str | None) -> LoadedMod
     raise OipError(f"No model '{name}'; models served: {names} (GET /v1/models).", 404, "unknown_model")
 
 
-def _tensor_metadata(name: str) -> dict[str, Any]:
-    return {"name": name, "datatype": DATATYPE, "shape": [-1, 1, -1, -1]}
+def _tensor_metadata(name: str, channels: int = 1) -> dict[str, Any]:
+    return {"name": name, "datatype": DATATYPE, "shape": [-1, channels, -1, -1]}
 
 
 @router.get("", summary="Server metadata", response_model=ServerMetadataResponse)
@@ -201,7 +201,7 @@ def _metadata(model: LoadedModel) -> dict[str, Any]:
         "name": card.id,
         "versions": [MODEL_VERSION],
         "platform": PLATFORM,
-        "inputs": [_tensor_metadata(card.input.name)],
+        "inputs": [_tensor_metadata(card.input.name, card.input.channels)],
         "outputs": [_tensor_metadata(card.output.name)],
     }
 
@@ -253,7 +253,7 @@ async def infer(
         model = _model(registry, name, version)
         card = model.card
         contract = TensorContract(
-            card.input.name, card.output.name, card.spatial_multiple, settings.max_pixels
+            card.input.name, card.output.name, card.spatial_multiple, settings.max_pixels, card.input.channels
         )
         body = decompress(
             await request.body(), request.headers.get("content-encoding"), settings.max_upload_bytes

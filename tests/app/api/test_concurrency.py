@@ -19,7 +19,7 @@ def test_health_answers_while_an_inference_is_running(
     app: FastAPI, client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     denoiser = app.state.pipeline.denoisers["xray-unet"]
-    original = denoiser.denoise
+    original = denoiser.denoise_with_level
     started = threading.Event()
 
     def slow_denoise(*args, **kwargs):  # type: ignore[no-untyped-def]
@@ -27,7 +27,7 @@ def test_health_answers_while_an_inference_is_running(
         time.sleep(SLOW_S)  # blocking, as a real ONNX Runtime call is
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(denoiser, "denoise", slow_denoise)
+    monkeypatch.setattr(denoiser, "denoise_with_level", slow_denoise)
     image = png_bytes(np.full((32, 32), 7, np.uint8))
     results: list[int] = []
     worker = threading.Thread(

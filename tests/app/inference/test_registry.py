@@ -10,11 +10,11 @@ import onnxruntime as ort
 import pytest
 
 from app.errors import ModelNotFound, ModelUnavailable
-from app.inference.card import read_card, write_card
+from app.inference.card import TensorSpec, read_card, write_card
 from app.inference.engine import Denoiser, PhaseTimer
 from app.inference.registry import ModelRegistry, load_registry, session_options
 from app.settings import Settings
-from tests.tiny_models import MEAN_3X3, write_model, write_model_set
+from tests.tiny_models import MEAN_3X3, write_conditioned_model, write_model, write_model_set
 
 
 def test_every_model_is_loaded_with_the_provider_it_got(settings: Settings) -> None:
@@ -118,3 +118,19 @@ def test_an_architecture_name_picks_the_default_then_full_precision(tmp_path: Pa
     # Without a default in the family, full precision still wins over int8.
     write_card(root / "ct" / "unet", read_card(root / "ct" / "unet").model_copy(update={"default": False}))
     assert load_registry(Settings(models_dir=root)).resolve("ct", "unet").card.id == "ct-unet"
+
+
+def test_a_card_and_graph_that_disagree_on_the_noise_map_are_refused(tmp_path: Path) -> None:
+    write_conditioned_model(tmp_path, "ct")
+    no_map = write_conditioned_model(tmp_path, "mr")  # a two-channel graph whose card lost its map
+    write_card(no_map, read_card(no_map).model_copy(update={"noise_map": None}))
+    one_channel = write_model(tmp_path, "xray", "unet")  # a blind graph whose card claims a map
+    card = read_card(one_channel)
+    write_card(one_channel, card.model_copy(update={
+        "input": TensorSpec(name="noisy", channels=2),
+        "noise_map": read_card(tmp_path / "ct" / "unet").noise_map}))
+    registry = load_registry(Settings(models_dir=tmp_path, intra_op_threads=1))
+    assert set(registry.models) == {"ct-unet"}
+    reasons = {u.path: u.reason for u in registry.unserved}
+    assert "takes 1" in reasons["mr/unet"]
+    assert "ONNX input has 1 channels" in reasons["xray/unet"]

@@ -89,3 +89,20 @@ def test_axis_tiles_are_no_longer_and_no_more_than_the_configured_ones(total: in
     assert plan.stride_for(tile) <= tile - plan.overlap and starts[-1] + tile == total
     if total == 1040:  # three tiles of 512 would compute 1536 pixels; three of 432, 1296
         assert (tile, len(starts)) == (432, 3)
+
+
+def conditioned_box_filter(batch: np.ndarray) -> np.ndarray:
+    """A two-channel stand-in: the box filter of channel 0 plus channel 1 (a noise map)."""
+    return box_filter(batch[:, :1]) + batch[:, 1:2]
+
+
+def test_a_noise_map_channel_is_tiled_with_the_image() -> None:
+    rng = np.random.default_rng(3)
+    image = rng.random((700, 530), dtype=np.float32)
+    sigma = np.linspace(0.01, 0.2, image.size, dtype=np.float32).reshape(image.shape)
+    plan = TilePlan.for_model(tile_size=256, receptive_field=5, blend=16, multiple=4, batch=3)
+    tiled = run_tiled(np.stack([image, sigma]), conditioned_box_filter, plan)
+    assert tiled.shape == image.shape
+    np.testing.assert_allclose(tiled, whole_image(image, plan.grid) + sigma, atol=1e-5)
+    small = run_tiled(np.stack([image[:37, :31], sigma[:37, :31]]), conditioned_box_filter, plan)
+    assert small.shape == (37, 31)
