@@ -1,12 +1,15 @@
 """Training patches with noise added on the fly, and a fixed validation set.
 
 Slices are normalised once with the card's normalisation (a fixed HU window for CT, a window
-read off each clean slice for MR and X-ray). Each step samples patches with augmentation and adds
-noise at a level drawn from the configured range, so no two epochs see the same noise.
+read off each clean slice for MR and X-ray). Each step samples patches with augmentation, picks a
+noise family (the modality's physics noise, or white Gaussian noise for ``gaussian_fraction`` of
+the patches) and a level from its range, so no two epochs see the same noise. A conditioned
+model also gets the noise map (the per-pixel standard deviation, in unit range), scaled by a
+log-normal jitter so that an estimator's error at serving time costs little.
 
 Augmentation: MR and X-ray patches are rotated (within the configured angle), zoomed and flipped
-before noise is added. CT noise is precomputed in the projection domain and must keep its
-texture, so CT patches get only flips and quarter turns, applied to image and noise alike.
+before noise is added. CT projection noise is precomputed and must keep its texture, so those
+patches get only flips and quarter turns, applied to image and noise alike.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ import numpy as np
 from app.imaging.intensity import to_unit_range, window_for
 from training.config import TrainConfig
 from training.data.prepare import load_manifest
-from training.degrade import degrade_image, degrade_xray_unit, xray_median_signal
+from training.degrade import (Degraded, NoiseFamily, XrayDetector, add_white_gaussian, degrade_image,
+                              gaussian_unit_sigma, quantise, xray_physics_unit)
 from training.noise import add_rician_noise
 
 
@@ -29,7 +33,8 @@ from training.noise import add_rician_noise
 class TrainingSlice:
     clean_unit: np.ndarray  # (H, W) float32
     window_width: float  # image units per unit-range step
-    median_signal: float = 0.0  # X-ray only
+    zero_unit: float  # where the stored value 0 falls in unit range (clipping of magnitudes)
+    median_clipped: float = 0.0  # median of the non-negative unit image (X-ray physics)
     noise_fields: np.ndarray | None = None  # CT only: (K, H, W) HU at the reference flux
     noise_level_at_reference: float = 0.0  # CT only: HU
 
@@ -43,25 +48,30 @@ def _records(prepared: Path, modality: str, split: str) -> list[dict]:
 
 
 def load_training_slices(prepared: Path, config: TrainConfig) -> list[TrainingSlice]:
+    """This modality's training slices, then those of ``extra_modalities``, all normalised the same way."""
     slices: list[TrainingSlice] = []
     min_side = config.data.patch_size
-    for record in _records(prepared, config.run.modality, "train"):
-        volume = np.load(_volume_path(prepared, record))
-        noise = None
-        if config.run.modality == "ct":
-            noise = np.load(_volume_path(prepared, record).with_suffix(".noise.npy"), mmap_mode="r")
-        for index, clean in enumerate(volume):
-            if min(clean.shape) < min_side:
-                continue
-            window = window_for(clean, config.normalisation)
-            unit = to_unit_range(clean, window)
-            item = TrainingSlice(unit, window.width)
-            if config.run.modality == "xray":
-                item.median_signal = xray_median_signal(unit)
-            if noise is not None:
-                item.noise_fields = np.asarray(noise[index], dtype=np.float32)
-                item.noise_level_at_reference = float(record["noise_hu_at_reference_flux"][index])
-            slices.append(item)
+    for modality in [config.run.modality, *config.data.extra_modalities]:
+        for record in _records(prepared, modality, "train"):
+            volume = np.load(_volume_path(prepared, record))
+            noise = None
+            noise_path = _volume_path(prepared, record).with_suffix(".noise.npy")
+            if modality == config.run.modality == "ct" and noise_path.exists():
+                noise = np.load(noise_path, mmap_mode="r")
+            for index, clean in enumerate(volume):
+                if min(clean.shape) < min_side:
+                    continue
+                window = window_for(clean, config.normalisation)
+                unit = to_unit_range(clean, window)
+                # Magnitudes are clipped at the stored zero, but never above the slice's own
+                # floor: another modality's slice (CT in HU, for X-ray) has no physical zero there.
+                zero_unit = min(-window.low / window.width, float(unit.min()))
+                item = TrainingSlice(unit, window.width, zero_unit=zero_unit,
+                                     median_clipped=float(np.median(np.clip(unit, 0.0, None))))
+                if noise is not None:
+                    item.noise_fields = np.asarray(noise[index], dtype=np.float32)
+                    item.noise_level_at_reference = float(record["noise_hu_at_reference_flux"][index])
+                slices.append(item)
     if not slices:
         raise ValueError(f"no {config.run.modality} training slices of at least {min_side} pixels in {prepared}")
     return slices
@@ -75,10 +85,14 @@ class PatchSampler:
         areas = np.array([s.clean_unit.size for s in slices], dtype=np.float64)
         self.weights = areas / areas.sum()
 
+    def _log_uniform(self, bounds: tuple[float, float]) -> float:
+        low, high = bounds
+        return float(math.exp(self.rng.uniform(math.log(low), math.log(high))))
+
     def sample_level(self) -> float:
         low, high = self.config.noise.train_range
         if self.config.noise.log_uniform:
-            return float(math.exp(self.rng.uniform(math.log(low), math.log(high))))
+            return self._log_uniform((low, high))
         return float(self.rng.uniform(low, high))
 
     def _warped_crop(self, image: np.ndarray) -> np.ndarray:
@@ -103,7 +117,7 @@ class PatchSampler:
         patch = np.rot90(patch, turns)
         return np.ascontiguousarray(patch[:, ::-1] if mirror else patch)
 
-    def _ct_pair(self, item: TrainingSlice, level: float) -> tuple[np.ndarray, np.ndarray]:
+    def _ct_physics(self, item: TrainingSlice, level: float) -> tuple[np.ndarray, Degraded]:
         assert item.noise_fields is not None
         size = self.config.data.patch_size
         rows, cols = item.clean_unit.shape
@@ -115,26 +129,61 @@ class PatchSampler:
         scale = level / max(item.noise_level_at_reference, 1e-6) / item.window_width
         state = (int(self.rng.integers(4)), bool(self.rng.integers(2)))
         clean = self._flip(clean, state)
-        return clean, clean + self._flip(noise_hu * scale, state)
+        noisy = (clean + self._flip(noise_hu * scale, state)).astype(np.float32)
+        return clean, Degraded(noisy, np.full(clean.shape, level / item.window_width, dtype=np.float32))
 
-    def pair(self) -> tuple[np.ndarray, np.ndarray]:
-        item = self.slices[int(self.rng.choice(len(self.slices), p=self.weights))]
+    def _physics(self, item: TrainingSlice) -> tuple[np.ndarray, Degraded]:
         level = self.sample_level()
         modality = self.config.run.modality
         if modality == "ct":
-            return self._ct_pair(item, level)
+            return self._ct_physics(item, level)
         clean = self._warped_crop(item.clean_unit)
         if modality == "mr":
-            return clean, add_rician_noise(clean, level / 100.0, self.rng)
-        noisy = degrade_xray_unit(clean, level, item.median_signal, self.config.noise.xray_read_sigma, self.rng)
+            sigma = level / 100.0
+            return clean, Degraded(add_rician_noise(clean, sigma, self.rng),
+                                   np.full(clean.shape, sigma, dtype=np.float32))
+        noise = self.config.noise
+        detector = XrayDetector(pedestal=float(self.rng.uniform(*noise.xray_pedestal_range)),
+                                read_sigma=self._log_uniform(noise.xray_read_range)
+                                if noise.xray_read_range[1] > noise.xray_read_range[0] else noise.xray_read_range[0])
+        return clean, xray_physics_unit(clean, level, item.median_clipped + detector.pedestal, detector, self.rng)
+
+    def _gaussian(self, item: TrainingSlice) -> tuple[np.ndarray, Degraded]:
+        assert self.config.noise.gaussian_range is not None
+        level = self._log_uniform(self.config.noise.gaussian_range)
+        clean = self._warped_crop(item.clean_unit)
+        sigma = gaussian_unit_sigma(self.config.run.modality, level, item.window_width)
+        return clean, add_white_gaussian(clean, sigma, self.rng)
+
+    def sample(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(clean, noisy, noise map as given to the model), each (P, P) float32 in unit range."""
+        item = self.slices[int(self.rng.choice(len(self.slices), p=self.weights))]
+        noise = self.config.noise
+        ct_without_fields = self.config.run.modality == "ct" and item.noise_fields is None
+        if ct_without_fields or self.rng.random() < noise.gaussian_fraction:
+            clean, degraded = self._gaussian(item)
+        else:
+            clean, degraded = self._physics(item)
+        if self.rng.random() < noise.quantise_fraction:
+            degraded = quantise(degraded.noisy, degraded.sigma, self._log_uniform(noise.quantise_levels))
+        noisy = degraded.noisy
+        if noise.non_negative:
+            noisy = np.maximum(noisy, np.float32(item.zero_unit))
+        jitter = math.exp(self.rng.normal(0.0, noise.map_jitter)) if noise.map_jitter > 0 else 1.0
+        return clean, noisy, (degraded.sigma * jitter).astype(np.float32)
+
+    def pair(self) -> tuple[np.ndarray, np.ndarray]:
+        clean, noisy, _ = self.sample()
         return clean, noisy
 
     def batch(self) -> tuple[np.ndarray, np.ndarray]:
-        """(clean, noisy), each (N, 1, P, P) float32."""
-        pairs = [self.pair() for _ in range(self.config.data.batch_size)]
-        clean = np.stack([p[0] for p in pairs])[:, np.newaxis].astype(np.float32)
-        noisy = np.stack([p[1] for p in pairs])[:, np.newaxis].astype(np.float32)
-        return clean, noisy
+        """(clean (N, 1, P, P), model input (N, C, P, P)) float32; C is 2 (noisy, noise map) for a
+        conditioned model, else 1."""
+        samples = [self.sample() for _ in range(self.config.data.batch_size)]
+        clean = np.stack([s[0] for s in samples])[:, np.newaxis].astype(np.float32)
+        channels = (1, 2) if self.config.run.noise_map else (1,)
+        inputs = np.stack([np.stack([s[c] for c in channels]) for s in samples]).astype(np.float32)
+        return clean, inputs
 
 
 @dataclass(frozen=True)
@@ -143,6 +192,8 @@ class ValidationImage:
     noisy: np.ndarray  # native units
     level: float
     volume_id: str
+    sigma: np.ndarray | None = None  # native units: the true per-pixel noise standard deviation
+    family: NoiseFamily = "physics"
 
 
 def crop_origins(shape: tuple[int, ...], size: int, count: int) -> list[tuple[int, int]]:
@@ -155,13 +206,16 @@ def crop_origins(shape: tuple[int, ...], size: int, count: int) -> list[tuple[in
 
 
 def validation_set(prepared: Path, config: TrainConfig, seed: int, max_slices_per_volume: int = 3,
-                   split: str = "val", min_images_per_volume: int = 1) -> list[ValidationImage]:
-    """Noisy crops at the default level, simulated with a fixed seed.
+                   split: str = "val", min_images_per_volume: int = 1, family: NoiseFamily = "physics",
+                   level: float | None = None) -> list[ValidationImage]:
+    """Noisy crops at ``level`` (default: the config's default level), simulated with a fixed seed.
 
     A volume with fewer slices than ``min_images_per_volume`` (a single radiograph) gives several
     crops spread over each slice instead.
     """
     rng = np.random.default_rng(seed)
+    level = config.noise.default_level if level is None else level
+    detector = XrayDetector(read_sigma=config.noise.xray_read_sigma)
     images: list[ValidationImage] = []
     for record in _records(prepared, config.run.modality, split):
         volume = np.load(_volume_path(prepared, record))
@@ -170,12 +224,12 @@ def validation_set(prepared: Path, config: TrainConfig, seed: int, max_slices_pe
         for index in sorted(set(picks.tolist())):
             clean = volume[index]
             # CT noise is simulated on the whole slice (the projections see all of it), then cropped.
-            noisy = degrade_image(config.run.modality, clean, config.noise.default_level, rng, pixel_mm=pixel_mm,
-                                  normalisation=config.normalisation, read_sigma=config.noise.xray_read_sigma)
+            degraded = degrade_image(config.run.modality, clean, level, rng, pixel_mm=pixel_mm,
+                                     normalisation=config.normalisation, family=family, detector=detector)
             size = config.data.validation_crop
             crops = max(1, -(-min_images_per_volume // len(picks)))
             for top, left in crop_origins(clean.shape, size, crops):
-                images.append(ValidationImage(clean[top:top + size, left:left + size],
-                                              noisy[top:top + size, left:left + size],
-                                              config.noise.default_level, record["volume_id"]))
+                window = (slice(top, top + size), slice(left, left + size))
+                images.append(ValidationImage(clean[window], degraded.noisy[window], level, record["volume_id"],
+                                              degraded.sigma[window], family))
     return images

@@ -33,6 +33,11 @@ OUTPUT_NAME = "denoised"
 PARITY_SIZES = ((37, 61), (512, 512))
 PARITY_TOLERANCE = 1e-4
 MODEL_VERSION = "1.0.0"
+# Conditioned on the noise level: a second input channel, a different contract.
+CONDITIONED_MODEL_VERSION = "2.0.0"
+GAUSSIAN_DESCRIPTION = " Also trained on signed white Gaussian noise ({units}) over {low:g}-{high:g}."
+GAUSSIAN_UNITS = {"ct": "sigma in HU", "mr": "sigma in percent of the 99.5th percentile",
+                  "xray": "sigma in percent of the 0.5-99.5 percentile range"}
 
 NOISE_DESCRIPTIONS = {
     "ct": ("ct_projection_poisson",
@@ -49,14 +54,15 @@ NOISE_DESCRIPTIONS = {
 def load_checkpoint(path: Path) -> tuple[Denoiser, TrainConfig, dict[str, Any]]:
     saved = torch.load(path, map_location="cpu", weights_only=False)
     config = TrainConfig.model_validate(saved["config"])
-    model = build(saved["model_args"]["architecture"], saved["model_args"]["channels"])
+    model = build(saved["model_args"]["architecture"], saved["model_args"]["channels"],
+                  saved["model_args"].get("noise_map", False))
     model.load_state_dict(saved["model_state"])
     model.eval()
     return model, config, saved["progress"]
 
 
 def export_onnx(model: Denoiser, path: Path) -> None:
-    example = torch.rand(1, 1, 64, 64)
+    example = torch.rand(1, model.in_channels, 64, 64)
     batch, height, width = torch.export.Dim("batch", min=1), torch.export.Dim("height", min=4), torch.export.Dim("width", min=4)
     program = torch.onnx.export(
         model, (example,), dynamo=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
@@ -71,7 +77,9 @@ def check_parity(model: Denoiser, path: Path) -> float:
     worst = 0.0
     rng = np.random.default_rng(0)
     for height, width in PARITY_SIZES:
-        x = rng.random((2, 1, height, width), dtype=np.float32)
+        x = rng.random((2, model.in_channels, height, width), dtype=np.float32)
+        if model.in_channels == 2:  # a noise map: small, positive, varying over the image
+            x[:, 1] = 0.005 + 0.1 * x[:, 1]
         with torch.inference_mode():
             expected = model(torch.from_numpy(x)).numpy()
         (actual,) = session.run([OUTPUT_NAME], {INPUT_NAME: x})
@@ -119,23 +127,35 @@ def export(run_dir: Path, prepared: Path, models_dir: Path, default: bool, comma
     worst = check_parity(model, onnx_path)
     log.info("exported %s, ONNX Runtime vs PyTorch max abs difference %.2e", onnx_path, worst)
     kind, description, parameter = NOISE_DESCRIPTIONS[config.run.modality]
+    noise = config.noise
+    if noise.gaussian_fraction > 0 and noise.gaussian_range is not None:
+        kind += "+white_gaussian"
+        description += GAUSSIAN_DESCRIPTION.format(units=GAUSSIAN_UNITS[config.run.modality],
+                                                   low=noise.gaussian_range[0], high=noise.gaussian_range[1])
+    conditioned = model.in_channels == 2
+    if conditioned and config.noise_map is None:
+        raise ValueError(f"{config.run.name} takes a noise map but its config has no [noise_map] section")
     best = max(progress["history"], key=lambda h: h["val_psnr"])
     card = ModelCard(
         id=f"{config.run.modality}-{config.run.architecture}",
         modality=config.run.modality,
         architecture=config.run.architecture,
-        version=MODEL_VERSION,
+        version=CONDITIONED_MODEL_VERSION if conditioned else MODEL_VERSION,
         default=default,
         sha256=sha256_file(onnx_path),
         parameters=parameter_count(model),
-        input=TensorSpec(name=INPUT_NAME),
+        input=TensorSpec(name=INPUT_NAME, channels=model.in_channels),
         output=TensorSpec(name=OUTPUT_NAME),
         spatial_multiple=1,
         receptive_field=model.receptive_field,
         normalisation=config.normalisation,
         noise_model=NoiseModelSpec(kind=kind, description=description, parameter=parameter,
                                    train_range=config.noise.train_range, default_level=config.noise.default_level,
-                                   evaluation_levels=config.noise.evaluation_levels),
+                                   evaluation_levels=config.noise.evaluation_levels,
+                                   gaussian_train_range=noise.gaussian_range if noise.gaussian_fraction > 0 else None,
+                                   gaussian_evaluation_levels=noise.gaussian_evaluation_levels),
+        noise_map=config.noise_map if conditioned else None,
+        non_negative=noise.non_negative,
         training_data=training_data_summary(prepared, config.run.modality),
         training_config=config.model_dump(mode="json"),
         validation_metrics={"psnr_db": best["val_psnr"], "at_step": best["step"], "steps_trained": progress["step"],

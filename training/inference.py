@@ -12,13 +12,25 @@ import numpy as np
 
 from app.imaging.intensity import NormalisationSpec, from_unit_range, to_unit_range, window_for
 
-UnitPredictor = Callable[[np.ndarray], np.ndarray]  # (N, 1, H, W) float32 -> same
+UnitPredictor = Callable[[np.ndarray], np.ndarray]  # (N, C, H, W) float32 -> (N, 1, H, W)
 
 
-def denoise_native(predict: UnitPredictor, noisy: np.ndarray, normalisation: NormalisationSpec) -> np.ndarray:
+def denoise_native(predict: UnitPredictor, noisy: np.ndarray, normalisation: NormalisationSpec,
+                   sigma: np.ndarray | float | None = None, non_negative: bool = False) -> np.ndarray:
+    """Denoise ``noisy`` (native units). ``sigma``: the noise map in native units, for a model
+    that takes one (a scalar is spread over the image). ``non_negative``: a magnitude model's
+    input and output are clipped at zero, as the service does."""
+    if non_negative:
+        noisy = np.maximum(noisy, 0.0)
     window = window_for(noisy, normalisation)
-    unit = to_unit_range(noisy, window)[np.newaxis, np.newaxis]
-    return from_unit_range(predict(unit)[0, 0], window).astype(np.float32)
+    channels = [to_unit_range(noisy, window)]
+    if sigma is not None:
+        channels.append(np.broadcast_to(np.asarray(sigma, dtype=np.float32) / np.float32(window.width),
+                                        noisy.shape).astype(np.float32))
+    denoised = from_unit_range(predict(np.stack(channels)[np.newaxis])[0, 0], window)
+    if non_negative:
+        np.maximum(denoised, 0.0, out=denoised)
+    return denoised.astype(np.float32)
 
 
 def torch_predictor(model: "object", device: "object") -> UnitPredictor:

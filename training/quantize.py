@@ -39,9 +39,9 @@ from app.imaging.intensity import to_unit_range, window_for
 from app.inference.card import ModelCard, read_card, write_card
 from training.config import TrainConfig
 from training.data.prepare import load_manifest
-from training.dataset import validation_set
-from training.evaluate import (config_from_card, evaluate_variant, model_denoise, score, service_session,
-                               variant_comparison, variant_test_metrics)
+from training.dataset import ValidationImage, validation_set
+from training.benchmark import ESTIMATED, ServedModel, config_from_card, model_denoise, score
+from training.variants import evaluate_variant, service_session, variant_comparison, variant_test_metrics
 from training.export import code_version, sha256_file
 from training.inference import onnx_predictor
 
@@ -106,9 +106,18 @@ def calibration_inputs(prepared: Path, card: ModelCard, recipe: Recipe) -> tuple
                             split="train", min_images_per_volume=per_volume)
     picks = np.linspace(0, len(images) - 1, min(recipe.calibration_crops, len(images))).round().astype(int)
     chosen = [images[i] for i in sorted(set(picks.tolist()))]
-    inputs = [to_unit_range(i.noisy, window_for(i.noisy, card.normalisation))[np.newaxis, np.newaxis]
-              .astype(np.float32) for i in chosen]
+    inputs = [calibration_input(i, card) for i in chosen]
     return inputs, sorted({i.volume_id for i in chosen})
+
+
+def calibration_input(image: ValidationImage, card: ModelCard) -> np.ndarray:
+    """(1, C, H, W) as the service feeds the model: the image in unit range and, for a model
+    conditioned on the noise level, the true noise map."""
+    window = window_for(image.noisy, card.normalisation)
+    channels = [to_unit_range(image.noisy, window)]
+    if card.noise_map is not None and image.sigma is not None:
+        channels.append(image.sigma / window.width)
+    return np.stack(channels)[np.newaxis].astype(np.float32)
 
 
 def float_convs(model: onnx.ModelProto) -> list[str]:
@@ -146,8 +155,8 @@ def validation_psnr(card: ModelCard, models: dict[str, Path], prepared: Path, th
     images = validation_set(prepared, config, seed=config.run.seed + 1)
     out = {}
     for name, path in models.items():
-        predict = onnx_predictor(service_session(path, threads))
-        scores = [score(i.clean, model_denoise(predict, i, card.normalisation)[0], card.modality, 0.0).psnr
+        model = ServedModel(path.parent, card, onnx_predictor(service_session(path, threads)))
+        scores = [score(i.clean, i.noisy, model_denoise(model, i, ESTIMATED)[0], card.modality, 0.0).psnr
                   for i in images]
         out[name] = round(float(np.mean(scores)), 4)
     return out

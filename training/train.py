@@ -1,5 +1,9 @@
 """Train one denoiser: ``python -m training.train --config training/configs/ct-unet.toml``.
 
+``--also`` adds other configs' data and noise (same architecture) to one run, a batch from each
+in turn at random: pretraining on every modality's images and noise, which a per-modality run
+then fine-tunes from (``init_from`` in its config). Validation is then the mean over all of them.
+
 Readable top to bottom: load config and data, build the model, then loop: sample a batch, step,
 and every ``val_every`` steps validate, checkpoint, reduce the learning rate on a plateau and stop
 early when validation stops improving. A run is resumable: it continues from ``last.pt`` in its
@@ -60,15 +64,28 @@ def loss_fn(config: TrainConfig, prediction: torch.Tensor, target: torch.Tensor)
 
 def validate(model: torch.nn.Module, images: list[ValidationImage], config: TrainConfig,
              device: torch.device) -> float:
-    """Mean PSNR (dB) over the validation images, in native units."""
+    """Mean PSNR (dB) over the validation images, in native units; a conditioned model is told
+    the true noise level."""
     model.eval()
     predict = torch_predictor(model, device)
     scores = []
     for image in images:
-        denoised = denoise_native(predict, image.noisy, config.normalisation)
+        sigma = image.sigma if config.run.noise_map else None
+        denoised = denoise_native(predict, image.noisy, config.normalisation, sigma, config.noise.non_negative)
         scores.append(psnr(image.clean, denoised, reference_data_range(image.clean, config.run.modality)))
     model.train()
     return float(np.mean(scores))
+
+
+def validation_images(prepared: Path, config: TrainConfig) -> list[ValidationImage]:
+    """The physics noise at the default level and, where trained on, white Gaussian noise at the
+    middle of its range (geometric): checkpoints are chosen for both."""
+    images = validation_set(prepared, config, seed=config.run.seed + 1)
+    if config.noise.gaussian_fraction > 0 and config.noise.gaussian_range is not None:
+        low, high = config.noise.gaussian_range
+        images += validation_set(prepared, config, seed=config.run.seed + 2, family="gaussian",
+                                 level=math.sqrt(low * high))
+    return images
 
 
 def _checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -77,19 +94,31 @@ def _checkpoint(path: Path, state: dict[str, Any]) -> None:
     os.replace(tmp, path)  # never leave a half-written checkpoint behind
 
 
-def train(config: TrainConfig, prepared: Path, run_dir: Path, progress: bool = True) -> Path:
+def train(config: TrainConfig, prepared: Path, run_dir: Path, progress: bool = True,
+          also: list[TrainConfig] | None = None) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(config.model_dump(mode="json"), indent=2))
     torch.manual_seed(config.run.seed)
     device = pick_device()
-    model = build(config.run.architecture, config.run.channels).to(device).to(memory_format=torch.channels_last)
+    model = build(config.run.architecture, config.run.channels, config.run.noise_map)
+    if config.run.init_from:
+        start = torch.load(config.run.init_from, map_location="cpu", weights_only=False)
+        model.load_state_dict(start["model_state"])
+        log.info("%s: weights from %s (step %d)", config.run.name, config.run.init_from, start["progress"]["step"])
+    model = model.to(device).to(memory_format=torch.channels_last)
     optimiser = torch.optim.Adam(model.parameters(), lr=config.optim.learning_rate)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimiser, mode="max", factor=config.optim.plateau_factor, patience=config.optim.plateau_patience)
-    sampler = PatchSampler(load_training_slices(prepared, config), config, seed=config.run.seed)
-    validation = validation_set(prepared, config, seed=config.run.seed + 1)
+    configs = [config, *(also or [])]
+    for other in configs[1:]:
+        if (other.run.architecture, other.run.channels, other.run.noise_map) != (
+                config.run.architecture, config.run.channels, config.run.noise_map):
+            raise ValueError(f"{other.run.name} builds another network than {config.run.name}")
+    samplers = [PatchSampler(load_training_slices(prepared, c), c, seed=c.run.seed) for c in configs]
+    sampler = samplers[0]
+    validations = [(c, validation_images(prepared, c)) for c in configs]
     log.info("%s: %d parameters, %d validation images, device %s", config.run.name,
-             parameter_count(model), len(validation), device)
+             parameter_count(model), sum(len(v) for _, v in validations), device)
 
     state: dict[str, Any] = {"step": 0, "elapsed_s": 0.0, "best_psnr": -math.inf, "evals_since_best": 0,
                              "history": []}
@@ -99,19 +128,21 @@ def train(config: TrainConfig, prepared: Path, run_dir: Path, progress: bool = T
         model.load_state_dict(saved["model_state"])
         optimiser.load_state_dict(saved["optimiser_state"])
         scheduler.load_state_dict(saved["scheduler_state"])
-        sampler.rng.bit_generator.state = saved["sampler_rng"]
+        for each, rng_state in zip(samplers, saved["sampler_rng"], strict=True):
+            each.rng.bit_generator.state = rng_state
         torch.set_rng_state(saved["torch_rng"])
         state = saved["progress"]
         log.info("resumed %s at step %d (%.1f min used)", config.run.name, state["step"], state["elapsed_s"] / 60)
 
     def snapshot() -> dict[str, Any]:
         return {
-            "model_args": {"architecture": config.run.architecture, "channels": config.run.channels},
+            "model_args": {"architecture": config.run.architecture, "channels": config.run.channels,
+                           "noise_map": config.run.noise_map},
             "config": config.model_dump(mode="json"),
             "model_state": model.state_dict(),
             "optimiser_state": optimiser.state_dict(),
             "scheduler_state": scheduler.state_dict(),
-            "sampler_rng": sampler.rng.bit_generator.state,
+            "sampler_rng": [each.rng.bit_generator.state for each in samplers],
             "torch_rng": torch.get_rng_state(),
             "progress": state,
         }
@@ -125,6 +156,8 @@ def train(config: TrainConfig, prepared: Path, run_dir: Path, progress: bool = T
     started = time.monotonic() - state["elapsed_s"]
     running_loss = 0.0
     while state["step"] < config.optim.max_steps:
+        if len(samplers) > 1:
+            sampler = samplers[int(sampler.rng.integers(len(samplers)))]
         clean, noisy = sampler.batch()
         target = torch.from_numpy(clean).to(device).to(memory_format=torch.channels_last)
         inputs = torch.from_numpy(noisy).to(device).to(memory_format=torch.channels_last)
@@ -138,7 +171,7 @@ def train(config: TrainConfig, prepared: Path, run_dir: Path, progress: bool = T
             bar.update(1)
         out_of_time = time.monotonic() - started >= budget_s
         if state["step"] % config.optim.val_every == 0 or out_of_time or state["step"] == config.optim.max_steps:
-            score = validate(model, validation, config, device)
+            score = float(np.mean([validate(model, images, c, device) for c, images in validations]))
             scheduler.step(score)
             state["elapsed_s"] = time.monotonic() - started
             entry = {"step": state["step"], "val_psnr": round(score, 4), "train_loss": running_loss / config.optim.val_every,
@@ -166,6 +199,14 @@ def train(config: TrainConfig, prepared: Path, run_dir: Path, progress: bool = T
     return run_dir / "best.pt"
 
 
+def _merge(base: dict[str, Any], overrides: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """``base`` with the overrides' non-None values."""
+    merged = {key: dict(value) if isinstance(value, dict) else value for key, value in base.items()}
+    for section, values in overrides.items():
+        merged[section].update({k: v for k, v in values.items() if v is not None})
+    return merged
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m training.train", description=__doc__)
     parser.add_argument("--config", type=Path, required=True)
@@ -173,11 +214,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", type=Path, default=Path("runs"))
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--also", type=Path, action="append", default=[],
+                        help="another config whose data and noise join this run (pretraining)")
+    parser.add_argument("--name", help="run name (default: the config's)")
+    parser.add_argument("--minutes", type=float, help="time budget (default: the config's)")
+    parser.add_argument("--steps", type=int, help="step budget (default: the config's)")
+    parser.add_argument("--learning-rate", type=float, help="(default: the config's)")
+    parser.add_argument("--from-scratch", action="store_true", help="ignore the config's init_from")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     torch.set_num_threads(args.threads)
     config = load_config(args.config)
-    best = train(config, args.prepared, args.runs / config.run.name, progress=not args.no_progress)
+    overrides = {"run": {"name": args.name},
+                 "optim": {"max_minutes": args.minutes, "max_steps": args.steps, "learning_rate": args.learning_rate}}
+    config = TrainConfig.model_validate(_merge(config.model_dump(mode="json"), overrides))
+    if args.from_scratch:
+        config = config.model_copy(update={"run": config.run.model_copy(update={"init_from": None})})
+    also = [load_config(path) for path in args.also]
+    best = train(config, args.prepared, args.runs / config.run.name, progress=not args.no_progress, also=also)
     print(best)
 
 

@@ -45,3 +45,22 @@ def test_unknown_architecture_is_refused() -> None:
 def test_parameter_counts_of_the_served_sizes() -> None:
     assert parameter_count(build("unet", [16, 32, 64])) == 116_753
     assert parameter_count(build("autoencoder", [64, 128])) == 296_449
+
+
+@pytest.mark.parametrize("size", [(37, 31), (5, 3), (64, 64)])
+def test_conditioned_unet_takes_image_and_map_at_odd_sizes(size: tuple[int, int]) -> None:
+    model = build("unet", [8, 16, 32], noise_map=True).eval()
+    assert model.in_channels == 2
+    x = torch.rand(2, 2, *size)
+    with torch.inference_mode():
+        out = model(x)
+    assert out.shape == (2, 1, *size)
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.zero_()
+        assert torch.equal(model(x), x[:, :1])  # residual on the image channel, the map only informs
+
+
+def test_only_the_unet_takes_a_noise_map() -> None:
+    with pytest.raises(ValueError, match="noise map"):
+        build("autoencoder", [8, 16], noise_map=True)

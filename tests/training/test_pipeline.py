@@ -33,9 +33,10 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def smoke_config(name: str, steps: int = 4) -> TrainConfig:
+def smoke_config(name: str, steps: int = 4, init_from: Path | None = None) -> TrainConfig:
     raw = tomllib.loads((CONFIGS / f"{name}.toml").read_text())
     raw["run"]["channels"] = [8, 16, 32] if raw["run"]["architecture"] == "unet" else [8, 16]
+    raw["run"]["init_from"] = str(init_from) if init_from is not None else None
     raw["data"] |= {"batch_size": 4, "patch_size": 32, "validation_crop": 64}
     raw["optim"] |= {"max_steps": steps, "val_every": 2, "max_minutes": 5}
     return TrainConfig.model_validate(raw)
@@ -76,10 +77,31 @@ def test_train_resume_and_export(prepared: Path, tmp_path: Path, name: str) -> N
     assert card.modality == config.run.modality and card.architecture == config.run.architecture
     assert card.validation_metrics["onnx_parity_max_abs_diff"] < PARITY_TOLERANCE
     assert card.training_data["manifest_sha256"] == load_manifest(prepared)["sha256"]
+    channels = 2 if config.run.noise_map else 1
+    assert card.input.channels == channels and (card.noise_map is not None) == config.run.noise_map
+    assert card.non_negative == config.noise.non_negative
     session = ort.InferenceSession(str(target / "model.onnx"), providers=["CPUExecutionProvider"])
-    for shape in [(1, 1, 37, 61), (3, 1, 16, 20)]:
-        (out,) = session.run(None, {card.input.name: np.random.rand(*shape).astype(np.float32)})
-        assert out.shape == shape
+    for batch, rows, cols in [(1, 37, 61), (3, 16, 20), (2, 5, 3)]:  # odd sizes: the padding inside
+        (out,) = session.run(None, {card.input.name: np.random.rand(batch, channels, rows, cols).astype(np.float32)})
+        assert out.shape == (batch, 1, rows, cols)
+
+
+def test_pretraining_on_every_modality_then_fine_tuning(prepared: Path, tmp_path: Path) -> None:
+    """One run on all three modalities' data and noise (a batch from each in turn), then a
+    per-modality run that starts from its weights."""
+    pretrain = smoke_config("ct-unet").model_copy(deep=True)
+    pretrain = TrainConfig.model_validate(pretrain.model_dump() | {"run": pretrain.run.model_dump() | {"name": "pre"}})
+    best = train(pretrain, prepared, tmp_path / "runs" / "pre", progress=False,
+                 also=[smoke_config("mr-unet"), smoke_config("xray-unet")])
+    saved = torch.load(best, weights_only=False)
+    assert len(saved["sampler_rng"]) == 3  # each modality's sampler resumes where it was
+    tuned = smoke_config("xray-unet", init_from=best)
+    train(tuned, prepared, tmp_path / "runs" / "xray", progress=False)
+    first_layer = "enc1.0.0.weight"
+    after = torch.load(tmp_path / "runs" / "xray" / "last.pt", weights_only=False)["model_state"][first_layer]
+    start = saved["model_state"][first_layer]
+    assert after.shape == start.shape and not torch.equal(after, start)
+    assert float((after - start).abs().max()) < 0.1  # fine-tuned from it, not from scratch
 
 
 def test_evaluation_writes_tables_and_card_metrics(prepared: Path, tmp_path: Path) -> None:
@@ -90,10 +112,26 @@ def test_evaluation_writes_tables_and_card_metrics(prepared: Path, tmp_path: Pat
     evaluate_main(["--modality", "mr", "--models", str(models), "--prepared", str(prepared), "--out",
                    str(tmp_path / "docs"), "--slices", "1", "--crop", "48", "--skip", "nlm_skimage"])
     result = json.loads((tmp_path / "docs" / "evaluation-mr.json").read_text())[0]
-    methods = next(iter(result["levels"].values()))["methods"]
-    assert {"noisy input", "gaussian", "bm3d", "unet", "autoencoder"} <= set(methods)
-    assert "nlm_skimage" not in methods
+    assert set(result["families"]) == {"physics", "gaussian"}
+    # The unseen-source split: no test volume's package trained or validated the models.
+    manifest = load_manifest(prepared)["volumes"]
+    seen = {v["file"] for v in manifest if v["modality"] == "mr" and v["split"] != "test"}
+    assert not {v["file"] for v in manifest if v["volume_id"] in result["test_volumes"]} & seen
+    for rows in result["families"].values():
+        methods = next(iter(rows.values()))["methods"]
+        assert {"noisy input", "gaussian", "bm3d", "unet (estimated level)", "unet (true level)",
+                "autoencoder"} <= set(methods)
+        assert "nlm_skimage" not in methods
+        noisy = methods["noisy input"]
+        assert noisy["residual_ratio"] == 0.0  # nothing removed
+        # Filters that see the true sigma remove about as much as the noise (the 4-step models: anything).
+        assert all(0.3 < methods[name]["residual_ratio"] < 3 for name in ("gaussian", "bm3d", "wavelet"))
+        ratio = next(iter(rows.values()))["estimated_over_true_level"]
+        assert ratio is not None and 0.2 < ratio["mean"] < 5
     assert result["verdict"]["best_classical"] in methods
-    assert "| bm3d |" in (tmp_path / "docs" / "EVALUATION-mr.md").read_text()
+    markdown = (tmp_path / "docs" / "EVALUATION-mr.md").read_text()
+    assert "| bm3d |" in markdown and "white Gaussian noise" in markdown and "residual ratio" in markdown
     card = read_card(models / "mr" / "unet")
-    assert set(card.test_metrics["levels"]) == set(card.noise_model.evaluation_levels)
+    assert set(card.test_metrics["families"]["physics"]) == set(card.noise_model.evaluation_levels)
+    assert set(card.test_metrics["families"]["gaussian"]) == set(card.noise_model.gaussian_evaluation_levels)
+    assert "comparison_at_default_level" in card.test_metrics

@@ -26,7 +26,7 @@ from app.main import create_app
 from app.settings import Settings
 from tests.files import png_bytes
 from training.config import TrainConfig
-from training.evaluate import fp32_model_dirs
+from training.benchmark import fp32_model_dirs
 from training.evaluate import main as evaluate_main
 from training.export import INPUT_NAME, OUTPUT_NAME, export_onnx, sha256_file
 from training.nets import build, parameter_count

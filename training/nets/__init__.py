@@ -14,9 +14,13 @@ ARCHITECTURES: dict[str, Callable[..., Denoiser]] = {
 }
 
 
-def build(architecture: str, channels: list[int]) -> Denoiser:
+def build(architecture: str, channels: list[int], noise_map: bool = False) -> Denoiser:
     if architecture not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {architecture!r}; choose one of {sorted(ARCHITECTURES)}")
+    if noise_map:
+        if architecture != "unet":
+            raise ValueError(f"only the unet takes a noise map, not {architecture!r}")
+        return ARCHITECTURES[architecture](tuple(channels), in_channels=2)
     return ARCHITECTURES[architecture](tuple(channels))
 
 

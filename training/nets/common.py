@@ -19,7 +19,8 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, int, 
 
 
 class Denoiser(nn.Module):
-    """Input (N, 1, H, W) in [0, 1] after the card's normalisation; output the same shape.
+    """Input (N, C, H, W) in [0, 1] after the card's normalisation (channel 0 the image, channel 1
+    the noise map where ``in_channels`` is 2); output (N, 1, H, W).
 
     Subclasses implement ``denoise_padded`` on inputs whose H and W are multiples of
     ``spatial_multiple``; ``forward`` pads and crops so callers can pass any size.
@@ -27,6 +28,7 @@ class Denoiser(nn.Module):
 
     spatial_multiple: int = 1
     receptive_field: int = 1
+    in_channels: int = 1
 
     def denoise_padded(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

@@ -3,6 +3,10 @@
 It predicts the noise and subtracts it (``x - f(x)``, residual learning as in DnCNN), so an
 identity is easy to represent and the network spends its capacity on the noise, not on
 re-synthesising anatomy. Two 2x poolings: inputs are padded to multiples of 4.
+
+With ``in_channels`` 2 it is conditioned on the noise level (FFDNet, DRUNet): channel 0 is the
+noisy image, channel 1 the per-pixel noise standard deviation in the same unit range. One network
+then covers every level, and the level it is told is a real control over how much it removes.
 """
 
 from __future__ import annotations
@@ -21,10 +25,11 @@ class UNet(Denoiser):
     spatial_multiple = 4
     receptive_field = 68
 
-    def __init__(self, channels: tuple[int, int, int] = (32, 64, 128)) -> None:
+    def __init__(self, channels: tuple[int, int, int] = (32, 64, 128), in_channels: int = 1) -> None:
         super().__init__()
         c1, c2, c3 = channels
-        self.enc1 = _double_conv(1, c1)
+        self.in_channels = in_channels
+        self.enc1 = _double_conv(in_channels, c1)
         self.enc2 = _double_conv(c1, c2)
         self.bottleneck = _double_conv(c2, c3)
         self.pool = nn.MaxPool2d(2)
@@ -40,4 +45,4 @@ class UNet(Denoiser):
         bottom = self.bottleneck(self.pool(s2))
         d2 = self.dec2(torch.cat([self.up2(bottom), s2], dim=1))
         d1 = self.dec1(torch.cat([self.up1(d2), s1], dim=1))
-        return x - self.head(d1)
+        return x[:, :1] - self.head(d1)
