@@ -46,6 +46,25 @@ def silence_header_values() -> None:
     warnings.filterwarnings("ignore", module=r"pydicom(\..*)?$")
 
 
+# Control characters (C0, DEL, C1) in anything a client sent, a path with an encoded newline
+# above all, would let it write a separate, genuine-looking log line or drive a terminal.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def escape_control(text: str) -> str:
+    r"""Control characters as visible escapes: a newline becomes ``\n``, ESC ``\x1b``."""
+    return _CONTROL.sub(lambda match: match.group().encode("unicode_escape").decode("ascii"), text)
+
+
+class EscapingFormatter(logging.Formatter):
+    """One event, one line: the message's control characters are escaped (a traceback, which is
+    the service's own text, keeps its lines)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 (logging's name)
+        record.message = escape_control(record.message)
+        return super().formatMessage(record)
+
+
 def configure_logging(level: int = logging.INFO) -> None:
     """One line per event with the request id; idempotent, so create_app can call it every time."""
     silence_header_values()
@@ -54,7 +73,7 @@ def configure_logging(level: int = logging.INFO) -> None:
         return
     handler = logging.StreamHandler()
     handler.addFilter(RequestIdFilter())
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"))
+    handler.setFormatter(EscapingFormatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"))
     root.addHandler(handler)
     root.setLevel(level)
     root.propagate = False

@@ -105,6 +105,11 @@ class Settings(BaseSettings):
     )
     max_upload_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
     max_pixels: int = Field(default=100_000_000, ge=1, description="pixels per request, all frames together")
+    max_json_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        ge=1024,
+        description="JSON part of a /v2 inference request; larger tensors travel as binary data",
+    )
     tile_size: int = Field(
         default=1088,
         ge=64,

@@ -53,6 +53,7 @@ class TensorContract:
     spatial_multiple: int
     max_pixels: int
     input_channels: int = 1
+    max_json_bytes: int = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -82,21 +83,58 @@ def decompress(body: bytes, encoding: str | None, max_bytes: int) -> bytes:
     return data
 
 
-def _split(body: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes]:
+# A JSON number longer than this is no tensor value or shape; Python would parse a 4000-digit
+# integer (quadratic time) before any check saw it.
+_MAX_NUMBER_CHARACTERS = 40
+_MAX_ID_CHARACTERS = 256
+
+
+def _bounded_int(text: str) -> int:
+    if len(text) > _MAX_NUMBER_CHARACTERS:
+        raise ValueError(f"a number of {len(text)} digits")
+    return int(text)
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _parameters(holder: dict[str, Any], where: str) -> dict[str, Any]:
+    parameters = holder.get("parameters")
+    if parameters is None:
+        return {}
+    if not isinstance(parameters, dict):
+        raise OipError(f"'parameters' of {where} must be a JSON object, got {type(parameters).__name__}.")
+    return parameters
+
+
+def _split(body: bytes, header_length: str | None, max_json_bytes: int) -> tuple[dict[str, Any], bytes]:
     if header_length is None:
         json_part, binary = body, b""
     else:
-        if not header_length.isdigit() or int(header_length) > len(body):
+        # isdigit alone admits digits int() reads differently or not at all ('²', Arabic-Indic).
+        if not (header_length.isascii() and header_length.isdigit()) or int(header_length) > len(body):
             raise OipError(
                 f"Inference-Header-Content-Length is {header_length!r} but the body has {len(body)} "
                 "bytes; it must be the length of the JSON part that starts the body."
             )
         json_part, binary = body[: int(header_length)], body[int(header_length) :]
-    try:
-        header = json.loads(json_part)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+    if len(json_part) > max_json_bytes:
         raise OipError(
-            "The request's JSON part is not valid JSON; with binary tensors, set "
+            f"The request's JSON part has {len(json_part)} bytes, more than this service's limit of "
+            f"{max_json_bytes} for JSON; send the tensor as binary data (binary_data_size and "
+            "Inference-Header-Content-Length), as tritonclient does with binary_data=True.",
+            413,
+            "upload_too_large",
+        )
+    try:
+        header = json.loads(json_part, parse_int=_bounded_int, parse_constant=_no_constant)
+    except RecursionError as error:
+        raise OipError("The request's JSON is nested too deeply; a tensor needs at most 5 levels.") from error
+    except ValueError as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors too
+        raise OipError(
+            "The request's JSON part is not valid JSON (or holds a number no tensor has: over "
+            f"{_MAX_NUMBER_CHARACTERS} digits, NaN or Infinity); with binary tensors, set "
             "Inference-Header-Content-Length to the JSON part's length."
         ) from error
     if not isinstance(header, dict):
@@ -136,8 +174,7 @@ def _tensor_data(
     entry: dict[str, Any], shape: tuple[int, ...], binary: bytes, offset: int
 ) -> tuple[np.ndarray, int]:
     count = int(np.prod(shape))
-    parameters = entry.get("parameters") or {}
-    size = parameters.get("binary_data_size")
+    size = _parameters(entry, "the input").get("binary_data_size")
     if size is not None:
         if not isinstance(size, int) or size != count * 4:
             raise OipError(
@@ -161,7 +198,7 @@ def _tensor_data(
 
 
 def parse_infer_request(body: bytes, header_length: str | None, contract: TensorContract) -> InferRequest:
-    header, binary = _split(body, header_length)
+    header, binary = _split(body, header_length, contract.max_json_bytes)
     inputs = header.get("inputs")
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
         raise OipError(f"Send exactly one input, '{contract.input_name}' (FP32 [N, 1, H, W]).")
@@ -177,6 +214,8 @@ def parse_infer_request(body: bytes, header_length: str | None, contract: Tensor
     if not np.isfinite(tensor).all():
         raise OipError("The input holds NaN or infinite values; send finite values in the model's units.")
     request_id = header.get("id")
+    if request_id is not None and (not isinstance(request_id, str) or len(request_id) > _MAX_ID_CHARACTERS):
+        raise OipError(f"'id' must be a string of at most {_MAX_ID_CHARACTERS} characters.")
     return InferRequest(
         tensor=np.ascontiguousarray(tensor),
         request_id=str(request_id) if request_id is not None else None,
@@ -185,8 +224,7 @@ def parse_infer_request(body: bytes, header_length: str | None, contract: Tensor
 
 
 def _binary_output(header: dict[str, Any], contract: TensorContract) -> bool:
-    parameters = header.get("parameters") or {}
-    binary = bool(parameters.get("binary_data_output", False))
+    binary = bool(_parameters(header, "the request").get("binary_data_output", False))
     outputs = header.get("outputs")
     if outputs is None:
         return binary
@@ -197,7 +235,7 @@ def _binary_output(header: dict[str, Any], contract: TensorContract) -> bool:
             raise OipError(
                 f"Unknown output {output.get('name')!r}; this model's output is '{contract.output_name}'."
             )
-        binary = bool((output.get("parameters") or {}).get("binary_data", binary))
+        binary = bool(_parameters(output, "an output").get("binary_data", binary))
     return binary
 
 

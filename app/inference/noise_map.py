@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from app.inference.card import NoiseMapSpec
-from app.quality.noise_level import NoiseLevel, estimate_constant_sigma, estimate_signal_dependent
+from app.quality.noise_level import (NoiseLevel, estimate_constant_sigma, estimate_signal_dependent,
+                                     subsampled_median)
 
 ROBUST_MAX_PERCENTILE = 99.5
 
@@ -48,7 +49,7 @@ def estimate_level(frame: np.ndarray, spec: NoiseMapSpec) -> NoiseLevel:
 
 def reported_level(level: NoiseLevel, frame: np.ndarray, spec: NoiseMapSpec) -> float:
     if spec.estimator == "signal_dependent":
-        return level.sigma_at(float(np.median(frame)))
+        return level.sigma_at(subsampled_median(frame))
     sigma = level.sigma_at(0.0)
     if spec.signal_range_of_robust_max is not None:
         robust_max = float(np.percentile(frame, ROBUST_MAX_PERCENTILE))

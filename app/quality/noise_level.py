@@ -33,8 +33,8 @@ import numpy as np
 
 BLOCK = 8
 QUIET_PERCENTILE = 25.0
-# Enough blocks for a stable percentile; more only costs time on large images.
-_MAX_BLOCKS = 40_000
+# Enough blocks for a stable percentile; more only cost time on large images.
+_MAX_BLOCKS = 16_384
 _SIGNAL_BINS = 12
 _MIN_BLOCKS_PER_BIN = 12
 _MAP_SMOOTHING_SIGMA = 2.0
@@ -62,11 +62,21 @@ class NoiseLevel:
         if not self.signal_dependent:
             return np.full(image.shape, math.sqrt(max(self.offset, 0.0)), dtype=np.float32)
         smooth = cv2.GaussianBlur(image, (0, 0), _MAP_SMOOTHING_SIGMA, borderType=cv2.BORDER_REFLECT)
-        variance = self.gain * smooth.astype(np.float64) + self.offset
         # Never below a tenth of the level at the image's median: a zero level would tell the
         # model that dark regions are noise-free, which no detector is.
-        floor = (0.1 * self.sigma_at(float(np.median(smooth)))) ** 2
-        return np.sqrt(np.maximum(variance, floor)).astype(np.float32)
+        floor = np.float32((0.1 * self.sigma_at(subsampled_median(smooth))) ** 2)
+        # In place, in float32: one image-sized array for the whole map.
+        variance = smooth
+        variance *= np.float32(self.gain)
+        variance += np.float32(self.offset)
+        np.maximum(variance, floor, out=variance)
+        return np.sqrt(variance, out=variance)
+
+
+def subsampled_median(image: np.ndarray, most: int = 65_536) -> float:
+    """The median of an even subsample: a large image's median to well within its noise, quickly."""
+    step = max(1, math.ceil(math.sqrt(image.size / most)))
+    return float(np.median(image[::step, ::step]))
 
 
 def chi2_quantile_ratio(percentile: float, dof: int) -> float:
@@ -76,42 +86,48 @@ def chi2_quantile_ratio(percentile: float, dof: int) -> float:
     return (1.0 - h + z * math.sqrt(h)) ** 3
 
 
-def _plane_residual_projector(block: int) -> np.ndarray:
-    """Projects a flattened block onto what a plane a + b x + c y cannot explain."""
-    y, x = np.mgrid[0:block, 0:block].astype(np.float64)
-    design = np.stack([np.ones(block * block), x.ravel(), y.ravel()], axis=1)
-    return np.eye(block * block) - design @ np.linalg.pinv(design)
-
-
-_PROJECTOR = _plane_residual_projector(BLOCK)
-_DOF = BLOCK * BLOCK - 3
-
-
 def block_statistics(image: np.ndarray, block: int = BLOCK) -> tuple[np.ndarray, np.ndarray]:
-    """(means, residual variances) of the unclipped ``block`` x ``block`` blocks of ``image``."""
-    data = np.asarray(image, dtype=np.float64)
+    """(means, residual variances after a plane fit) of the unclipped ``block`` x ``block`` blocks.
+
+    The plane a + b x + c y is fitted by least squares in closed form: with centred coordinates
+    the three terms are orthogonal, so the residual sum of squares is the centred sum of squares
+    less (sum x v)^2 / sum x^2 and (sum y v)^2 / sum y^2. A few passes over the image, no copy of
+    it in float64.
+    """
+    data = np.asarray(image)
     if data.ndim != 2:
         raise ValueError(f"expected a 2-D image, got shape {data.shape}")
     rows, cols = data.shape[0] // block, data.shape[1] // block
     if rows == 0 or cols == 0:
         return np.empty(0), np.empty(0)
-    blocks = data[: rows * block, : cols * block].reshape(rows, block, cols, block).swapaxes(1, 2)
-    blocks = blocks.reshape(-1, block * block)
-    if len(blocks) > _MAX_BLOCKS:
-        blocks = blocks[np.linspace(0, len(blocks) - 1, _MAX_BLOCKS).astype(int)]
+    blocks = data[: rows * block, : cols * block].reshape(rows, block, cols, block)
+    # A large image gives more blocks than a stable percentile needs: every step-th row and column of them.
+    step = max(1, math.ceil(math.sqrt(rows * cols / _MAX_BLOCKS)))
+    blocks = blocks[::step, :, ::step, :]
+    means = blocks.mean(axis=(1, 3), dtype=np.float64)
+    centred = blocks - means.astype(blocks.dtype if blocks.dtype.kind == "f" else np.float64)[:, None, :, None]
+    centred = centred.astype(np.float32, copy=False)
+    coordinate = (np.arange(block, dtype=np.float32) - (block - 1) / 2.0)
+    squares = np.einsum("ibjc,ibjc->ij", centred, centred, dtype=np.float64)
+    along_rows = np.einsum("ibjc,b->ij", centred, coordinate, dtype=np.float64)
+    along_cols = np.einsum("ibjc,c->ij", centred, coordinate, dtype=np.float64)
+    # Each coordinate's sum of squares over the block (the other coordinate repeats it).
+    moment = float(block * np.sum(coordinate.astype(np.float64) ** 2))
+    variances = (squares - along_rows**2 / moment - along_cols**2 / moment) / (block * block - 3)
     low, high = float(data.min()), float(data.max())
-    block_min, block_max = blocks.min(axis=1), blocks.max(axis=1)
+    block_min, block_max = blocks.min(axis=(1, 3)), blocks.max(axis=(1, 3))
     # Clipped or saturated blocks spread less than the noise; a block without any spread (a
     # burnt-in label, padding) holds no noise to measure.
-    blocks = blocks[(block_min > low) & (block_max < high) & (block_max > block_min)]
-    projector = _PROJECTOR if block == BLOCK else _plane_residual_projector(block)
-    residual = blocks @ projector
-    variances = np.einsum("ij,ij->i", residual, residual) / (block * block - 3)
-    return blocks.mean(axis=1), variances
+    keep = (block_min > low) & (block_max < high) & (block_max > block_min)
+    return means[keep], np.maximum(variances[keep], 0.0)
 
 
 def _quiet_variance(variances: np.ndarray, percentile: float = QUIET_PERCENTILE) -> float:
-    return float(np.percentile(variances, percentile)) / chi2_quantile_ratio(percentile, _DOF)
+    rank = int(round(percentile / 100.0 * (len(variances) - 1)))
+    return float(np.partition(variances, rank)[rank]) / chi2_quantile_ratio(percentile, _DOF)
+
+
+_DOF = BLOCK * BLOCK - 3
 
 
 def estimate_constant_sigma(image: np.ndarray, signal_range: tuple[float, float] | None = None) -> NoiseLevel:

@@ -98,3 +98,16 @@ def test_bad_file_and_metrics_over_http(server: httpx.Client) -> None:
     metrics = server.get("/metrics").text
     assert 'denoise_request_seconds_count{modality="ct"' in metrics
     assert 'denoise_failures_total{reason="invalid_image"} 1.0' in metrics
+
+
+def test_control_characters_from_a_client_never_reach_the_log_raw(tmp_path: Path) -> None:
+    """A path with an encoded newline once wrote a separate, genuine-looking log line; escape and
+    NUL bytes reached the log as they came."""
+    log = tmp_path / "server.log"
+    with uvicorn_server(write_model_set(tmp_path / "models"), log) as base_url, httpx.Client(base_url=base_url) as client:
+        for path in ("/v1/x%0A2026-01-01 INFO app.api forged line", "/v1/%1b[31mred%00", "/v1/%0d%0aforged"):
+            assert client.get(path).status_code == 404
+    text = log.read_bytes().decode("utf-8", "replace")
+    assert "\x1b" not in text and "\x00" not in text and "\r" not in text
+    assert not any(line.startswith(("2026-01-01 INFO", "forged")) for line in text.splitlines())
+    assert "\\n2026-01-01 INFO app.api forged line" in text and "\\x1b[31mred\\x00" in text

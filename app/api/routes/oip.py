@@ -253,7 +253,12 @@ async def infer(
         model = _model(registry, name, version)
         card = model.card
         contract = TensorContract(
-            card.input.name, card.output.name, card.spatial_multiple, settings.max_pixels, card.input.channels
+            card.input.name,
+            card.output.name,
+            card.spatial_multiple,
+            settings.max_pixels,
+            card.input.channels,
+            settings.max_json_bytes,
         )
         body = decompress(
             await request.body(), request.headers.get("content-encoding"), settings.max_upload_bytes

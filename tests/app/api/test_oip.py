@@ -174,6 +174,15 @@ def _input(**changes: object) -> dict[str, object]:
         (_input(shape=[4000, 1, 2048, 2048]), {}, 413, "limit"),
         (b"\x00\x01", {"content-encoding": "gzip"}, 400, "gzip"),
         (b"{}", {"content-encoding": "br"}, 415, "not supported"),
+        # Malformed in ways that once answered 500.
+        ({**_input(), "parameters": [1, 2]}, {}, 400, "'parameters' of the request must be a JSON object"),
+        (_input(parameters="x"), {}, 400, "'parameters' of the input"),
+        ({**_input(), "outputs": [{"name": "denoised", "parameters": 7}]}, {}, 400, "'parameters' of an output"),
+        (b'{"inputs": [{"data": [' + b"9" * 5000 + b"]}]}", {}, 400, "over 40 digits"),
+        (b'{"inputs": [{"shape": [1, 1, ' + b"9" * 5000 + b", 8]}]}", {}, 400, "over 40 digits"),
+        (b'{"inputs": [{"data": [NaN]}]}', {}, 400, "NaN or Infinity"),
+        (b'{"inputs": ' + b"[" * 5000 + b"]" * 5000 + b"}", {}, 400, "nested too deeply"),
+        ({**_input(), "id": {"a": 1}}, {}, 400, "'id' must be a string"),
     ],
 )
 def test_bad_requests_say_what_to_fix(
@@ -217,3 +226,26 @@ def test_a_full_queue_answers_503_with_retry_after(
     response = client.post("/v2/models/ct-unet/infer", json=_input())
     assert response.status_code == 503 and response.headers["retry-after"] == "3"
     assert response.json() == {"error": "The inference queue for model 'ct-unet' is full."}
+
+
+@pytest.mark.parametrize("length", ["\u00b2", "\u0661\u0662", "-1", "1e3"])
+def test_header_length_must_be_ascii_digits(client: TestClient, length: str) -> None:
+    """'²'.isdigit() is true, and int() refuses it: every odd length is a 400, never a 500."""
+    response = client.post(
+        "/v2/models/ct-unet/infer",
+        content=json.dumps(_input()).encode(),
+        headers=[(b"inference-header-content-length", length.encode("utf-8"))],
+    )
+    assert response.status_code == 400 and "Inference-Header-Content-Length" in response.json()["error"]
+
+
+def test_json_over_its_own_limit_is_413_with_the_binary_alternative(tmp_path: Path) -> None:
+    from app.main import create_app
+    from app.settings import Settings
+    from tests.tiny_models import write_model_set
+
+    settings = Settings(models_dir=write_model_set(tmp_path), intra_op_threads=1, max_json_bytes=4096)
+    with TestClient(create_app(settings)) as small:
+        response = small.post("/v2/models/ct-unet/infer", content=json.dumps(_input(data=[0.123456] * 64 * 16,
+                                                                                    shape=[1, 1, 32, 32])))
+    assert response.status_code == 413 and "binary" in response.json()["error"]

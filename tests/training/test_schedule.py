@@ -1,0 +1,33 @@
+"""The training schedule: the same configs on every machine, the steps in a working order."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from training.config import load_config
+from training.schedule import PRETRAIN_RUN, PROFILES, main, plan
+
+
+def test_every_step_uses_the_committed_configs_and_fine_tunes_from_the_pretraining() -> None:
+    configs = Path("training/configs")
+    for name, profile in PROFILES.items():
+        steps = plan(profile, configs, Path("runs"))
+        assert [module for module, _ in steps] == ["training.train"] * 4 + ["training.export"] * 3
+        pretrain = steps[0][1]
+        assert pretrain[pretrain.index("--name") + 1] == PRETRAIN_RUN and "--from-scratch" in pretrain
+        for _, argv in steps[1:4]:
+            config = load_config(Path(argv[argv.index("--config") + 1]))
+            assert config.run.init_from == f"runs/{PRETRAIN_RUN}/best.pt"  # the pretraining's output
+            assert argv[argv.index("--batch-size") + 1] == str(profile.batch_size)
+        exported = [argv[argv.index("--run") + 1] for _, argv in steps[4:]]
+        assert exported == ["runs/ct-unet", "runs/mr-unet", "runs/xray-unet"], name
+    gpu, cpu = PROFILES["gpu"], PROFILES["cpu"]
+    assert gpu.pretrain_minutes + 3 * gpu.finetune_minutes <= 8  # the GPU entry point's budget
+    assert gpu.batch_size > cpu.batch_size and gpu.patch_size > cpu.patch_size
+
+
+def test_dry_run_prints_the_commands(capsys) -> None:  # type: ignore[no-untyped-def]
+    main(["--profile", "gpu", "--dry-run"])
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 7 and lines[0].startswith("python -m training.train --config")
+    assert "--batch-size 64" in lines[0]
