@@ -160,6 +160,7 @@ def export(run_dir: Path, prepared: Path, models_dir: Path, default: bool, comma
         training_config=config.model_dump(mode="json"),
         validation_metrics={"psnr_db": best["val_psnr"], "at_step": best["step"], "steps_trained": progress["step"],
                             "training_minutes": round(progress["elapsed_s"] / 60, 1),
+                            "trained_on": progress.get("device", "cpu"),
                             "noise_level": config.noise.default_level,
                             "onnx_parity_max_abs_diff": worst},
         code_version=code_version(),
@@ -181,8 +182,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     config = json.loads((args.run / "config.json").read_text())
-    command = (f"python -m training.train --config training/configs/{config['run']['name']}.toml && "
-               f"python -m training.export --run runs/{config['run']['name']}" + (" --default" if args.default else ""))
+    name = config["run"]["name"]
+    command = (f"python -m training.train --config training/configs/{name}.toml && "
+               f"python -m training.export --run runs/{name}" + (" --default" if args.default else ""))
+    if config["run"].get("init_from"):  # fine-tuned from the pretraining: the schedule made it
+        command = f"python -m training.schedule --profile cpu (fine-tuning step: {command})"
     print(export(args.run, args.prepared, args.models, args.default, command))
 
 

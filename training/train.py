@@ -152,6 +152,9 @@ def train(config: TrainConfig, prepared: Path, run_dir: Path, progress: bool = T
         from tqdm import tqdm
 
         bar = tqdm(total=config.optim.max_steps, initial=state["step"], desc=config.run.name, unit="step")
+    # Recorded on the card: which machine made the model.
+    state["device"] = f"{device.type} ({torch.get_num_threads()} threads)" if device.type == "cpu" else (
+        f"{device.type} ({torch.cuda.get_device_name(device)})")
     budget_s = config.optim.max_minutes * 60
     started = time.monotonic() - state["elapsed_s"]
     running_loss = 0.0
@@ -220,12 +223,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--minutes", type=float, help="time budget (default: the config's)")
     parser.add_argument("--steps", type=int, help="step budget (default: the config's)")
     parser.add_argument("--learning-rate", type=float, help="(default: the config's)")
+    parser.add_argument("--batch-size", type=int, help="(default: the config's)")
+    parser.add_argument("--patch-size", type=int, help="(default: the config's)")
     parser.add_argument("--from-scratch", action="store_true", help="ignore the config's init_from")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     torch.set_num_threads(args.threads)
     config = load_config(args.config)
     overrides = {"run": {"name": args.name},
+                 "data": {"batch_size": args.batch_size, "patch_size": args.patch_size},
                  "optim": {"max_minutes": args.minutes, "max_steps": args.steps, "learning_rate": args.learning_rate}}
     config = TrainConfig.model_validate(_merge(config.model_dump(mode="json"), overrides))
     if args.from_scratch:
