@@ -50,9 +50,11 @@ class InMemoryFile(io.BytesIO):
     _rolled = False
 
 
-def split_parts(body: bytes, boundary: bytes) -> list[Part] | None:
+def split_parts(body: bytes, boundary: bytes, max_parts: float = float("inf")) -> list[Part] | None:
     """The parts of a complete multipart body (RFC 2046 5.1.1, RFC 7578), or None where it is
-    not in the plain shape this split takes (the caller then asks python-multipart)."""
+    not in the plain shape this split takes, or has more than ``max_parts`` parts (the caller
+    then asks python-multipart, which refuses a form over its limits as soon as it counts them:
+    millions of tiny fields must not be split first)."""
     delimiter = b"--" + boundary
     if not boundary or not body.startswith(delimiter):
         return None
@@ -80,6 +82,8 @@ def split_parts(body: bytes, boundary: bytes) -> list[Part] | None:
         if body[position : position + 2] not in (_CRLF, b"--"):
             return None  # a line that merely begins like the delimiter: python-multipart decides
         parts.append((headers, body[content_start:content_end]))
+        if len(parts) > max_parts:
+            return None
 
 
 def _header_lines(block: bytes) -> list[tuple[bytes, bytes]] | None:
@@ -119,7 +123,7 @@ def form_from_body(
 ) -> FormData | None:
     """The form Starlette's MultiPartParser makes of ``body``, or None to let it parse."""
     _, params = parse_options_header(content_type)
-    parts = split_parts(body, params.get(b"boundary", b""))
+    parts = split_parts(body, params.get(b"boundary", b""), max_parts=max_files + max_fields)
     if parts is None:
         return None
     charset = _charset(params)

@@ -196,6 +196,29 @@ def test_the_limits_leave_the_refusal_to_starlette() -> None:
     assert form_from_body(files, content_type, max_files=1, max_fields=1000, max_part_size=1024) is None
 
 
+def test_the_split_stops_at_the_first_part_over_the_limits() -> None:
+    """Millions of tiny fields are refused by counting, not after splitting them all: the split
+    gives up at the first part past max_files + max_fields."""
+    from app.api import form_body
+
+    body, content_type = handmade([('Content-Disposition: form-data; name="m"', b"v")] * 200_000)
+    boundary = content_type.split("boundary=")[1].encode()
+    calls = 0
+    original = form_body._header_lines
+
+    def counting(block: bytes):  # type: ignore[no-untyped-def]
+        nonlocal calls
+        calls += 1
+        return original(block)
+
+    form_body._header_lines = counting  # type: ignore[assignment]
+    try:
+        assert form_body.split_parts(body, boundary, max_parts=2000) is None
+    finally:
+        form_body._header_lines = original  # type: ignore[assignment]
+    assert calls == 2001
+
+
 def _mutated(body: bytes, boundary: bytes) -> bytes:
     pieces = [
         b"\r\n",
