@@ -80,6 +80,18 @@ class InferenceFailed(DenoiseError):
     code = "inference_failed"
 
 
+class RequestTimedOut(DenoiseError):
+    """The request's work passed its deadline (``DENOISE_REQUEST_TIMEOUT_S``) and was stopped."""
+
+    code = "request_timeout"
+
+
+class ClientGone(DenoiseError):
+    """The client disconnected: its work was stopped, and there is nobody to answer."""
+
+    code = "client_disconnected"
+
+
 class InvalidRequest(DenoiseError):
     """A request field is missing, inconsistent with the image, or not supported by the model."""
 

@@ -19,6 +19,7 @@ import anyio
 import anyio.to_thread
 import numpy as np
 
+from app.deadline import Deadline
 from app.errors import InvalidRequest, ModalityNotServed, UnknownModality
 from app.imaging import codec, dicom
 from app.imaging.dicom_derive import Provenance
@@ -223,9 +224,10 @@ class DenoisePipeline:
         denoiser: Denoiser,
         ticket: Ticket,
         timer: PhaseTimer,
+        deadline: Deadline,
     ) -> tuple[dict[str, object], bytes, dict[str, object] | None]:
         strength = self._strength(request, model)
-        frames, estimates = denoiser.denoise_with_level(image.frames, timer, ticket, strength or 1.0)
+        frames, estimates = denoiser.denoise_with_level(image.frames, timer, ticket, strength or 1.0, deadline)
         denoiser.batcher.withdraw(ticket)  # a forming batch need not wait for this request
         noise_level = summarise(estimates) if estimates else None
         denoised = image.with_frames(frames)
@@ -234,16 +236,18 @@ class DenoisePipeline:
         if noise_level is not None and request.metrics != "none":
             metrics["noise_level"] = noise_level
         started = timer.add("metrics", started)
+        deadline.check()
         provenance = Provenance(model.card.id, model.card.version, strength, _level_text(noise_level))
         content = codec.encode(denoised, provenance)
         timer.add("encode", started)
         return metrics, content, noise_level
 
-    def _run(self, request: DenoiseRequest, labels: RequestLabels) -> DenoiseOutcome:
+    def _run(self, request: DenoiseRequest, labels: RequestLabels, deadline: Deadline) -> DenoiseOutcome:
         timer = PhaseTimer()
         started = time.perf_counter()
         image = self._decode(request.data, request, request.modality)
         started = timer.add("decode", started)
+        deadline.check()
         modality, model = self._choose_model(request, image)
         labels.modality, labels.model = modality, model.card.id
         denoiser = self.denoisers[model.card.id]
@@ -253,7 +257,7 @@ class DenoisePipeline:
             clean = self._reference(request, image)
             timer.add("decode", started)
             metrics, content, noise_level = self._denoise_and_encode(
-                request, image, clean, model, denoiser, ticket, timer
+                request, image, clean, model, denoiser, ticket, timer, deadline
             )
         finally:
             denoiser.batcher.withdraw(ticket)
@@ -269,8 +273,11 @@ class DenoisePipeline:
             noise_level=noise_level,
         )
 
-    async def run(self, request: DenoiseRequest, labels: RequestLabels) -> DenoiseOutcome:
+    async def run(
+        self, request: DenoiseRequest, labels: RequestLabels, deadline: Deadline | None = None
+    ) -> DenoiseOutcome:
         # One worker thread from the bytes in to the bytes out: each trip through the event loop
         # between steps cost a thread hand-off at concurrency 1 and, under load, a wait behind
         # other requests' callbacks. Its limiter is the one for threads that wait on a batch.
-        return await anyio.to_thread.run_sync(self._run, request, labels, limiter=self.waiting)
+        deadline = deadline or Deadline(self.settings.request_timeout_s)
+        return await anyio.to_thread.run_sync(self._run, request, labels, deadline, limiter=self.waiting)

@@ -105,6 +105,11 @@ class Settings(BaseSettings):
     )
     max_upload_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
     max_pixels: int = Field(default=100_000_000, ge=1, description="pixels per request, all frames together")
+    request_timeout_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="a request's work stops at this age (504); checked between frames and tile batches",
+    )
     max_json_bytes: int = Field(
         default=16 * 1024 * 1024,
         ge=1024,

@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.errors import (
+    ClientGone,
     DenoiseError,
     ImageTooLarge,
     InferenceFailed,
@@ -26,6 +27,7 @@ from app.errors import (
     ModalityNotServed,
     ModelNotFound,
     ModelUnavailable,
+    RequestTimedOut,
     ServiceBusy,
     Unauthorized,
     UnknownModality,
@@ -46,6 +48,9 @@ STATUS: dict[type[DenoiseError], int] = {
     InvalidRequest: 422,
     ModelUnavailable: 503,
     ServiceBusy: 503,
+    RequestTimedOut: 504,
+    # Nobody reads it (nginx's code for a client that closed the request); counted in the metrics.
+    ClientGone: 499,
     InferenceFailed: 500,
 }
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnxruntime as ort
 
+from app.deadline import Deadline, no_deadline
 from app.errors import InferenceFailed
 from app.imaging.intensity import from_unit_range, to_unit_range, window_for
 from app.inference.batcher import BatchObserver, MicroBatcher, Ticket
@@ -110,7 +111,12 @@ class Denoiser:
         return self.denoise_with_level(frames, timer, ticket)[0]
 
     def denoise_with_level(
-        self, frames: np.ndarray, timer: PhaseTimer, ticket: Ticket | None = None, strength: float = 1.0
+        self,
+        frames: np.ndarray,
+        timer: PhaseTimer,
+        ticket: Ticket | None = None,
+        strength: float = 1.0,
+        deadline: Deadline | None = None,
     ) -> tuple[np.ndarray, list[NoiseEstimate]]:
         """(frames, rows, cols) in the image's units -> the same, denoised (float64), and for a
         conditioned model the noise level estimated on each frame (else an empty list).
@@ -118,7 +124,9 @@ class Denoiser:
         ``ticket`` (from ``self.batcher.announce()``) lets a forming batch wait for this request.
         ``strength`` multiplies the estimated level the model is told (conditioned models only).
         A magnitude model (card ``non_negative``) sees its input and gives its output clipped at 0.
+        ``deadline`` is checked before every frame and every batch of tiles.
         """
+        deadline = deadline or no_deadline()
         card = self.model.card
         spec = card.normalisation
         denoised = np.empty_like(frames, dtype=np.float64)
@@ -127,11 +135,13 @@ class Denoiser:
 
         def run_batch(batch: np.ndarray) -> np.ndarray:
             nonlocal queued
+            deadline.check()
             outputs, waited = self.batcher.submit(batch, ticket)
             queued += waited
             return outputs
 
         for index, frame in enumerate(frames):
+            deadline.check()
             started = time.perf_counter()
             if card.non_negative:
                 frame = np.maximum(frame, 0)

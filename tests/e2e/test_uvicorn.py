@@ -111,3 +111,52 @@ def test_control_characters_from_a_client_never_reach_the_log_raw(tmp_path: Path
     assert "\x1b" not in text and "\x00" not in text and "\r" not in text
     assert not any(line.startswith(("2026-01-01 INFO", "forged")) for line in text.splitlines())
     assert "\\n2026-01-01 INFO app.api forged line" in text and "\\x1b[31mred\\x00" in text
+
+
+def many_frame_ct(frames: int, side: int = 64) -> bytes:
+    from tests.app.fuzz.builders import ct_dataset, dicom_bytes
+
+    ds = ct_dataset(side, side)
+    ds.NumberOfFrames = frames
+    ds.PixelData = np.random.default_rng(0).integers(0, 4095, (frames, side, side)).astype("<u2").tobytes()
+    return dicom_bytes(ds)
+
+
+def model_calls(client: httpx.Client) -> float:
+    lines = [line for line in client.get("/metrics").text.splitlines()
+             if line.startswith("denoise_model_calls_total{") and 'model="ct-unet"' in line]
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines)
+
+
+def test_a_client_that_disconnects_stops_its_work(tmp_path: Path) -> None:
+    """A 3000-frame CT whose client hangs up: the work stops within a frame of the disconnect
+    instead of running every frame for nobody, and is logged as 499."""
+    import socket
+    import time
+    import uuid
+
+    frames = 3000
+    body_boundary = uuid.uuid4().hex
+    upload = many_frame_ct(frames)
+    body = (f"--{body_boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"ct.dcm\"\r\n"
+            "Content-Type: application/dicom\r\n\r\n").encode() + upload + f"\r\n--{body_boundary}--\r\n".encode()
+    log = tmp_path / "server.log"
+    with uvicorn_server(write_model_set(tmp_path / "models"), log) as base_url, httpx.Client(base_url=base_url) as client:
+        host, port = base_url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port))) as raw:
+            raw.sendall(f"POST /v1/denoise HTTP/1.1\r\nHost: {host}\r\nContent-Type: multipart/form-data; "
+                        f"boundary={body_boundary}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+            for _ in range(200):  # until its frames are running
+                if model_calls(client) > 0:
+                    break
+                time.sleep(0.05)
+            assert model_calls(client) > 0
+        # Closed: the frames stop within one of the disconnect.
+        settled = [model_calls(client)]
+        for _ in range(100):
+            time.sleep(0.2)
+            settled.append(model_calls(client))
+            if settled[-1] == settled[-2] and " 499 " in log.read_text():
+                break
+        assert settled[-1] == settled[-2] and settled[-1] < frames
+        assert "POST /v1/denoise 499" in log.read_text()

@@ -7,16 +7,20 @@ import json
 from functools import partial
 from typing import Annotated
 
+import threading
+
+import anyio
 import anyio.to_thread
 from fastapi import APIRouter, File, Form, Header, Request, Response, UploadFile
 
 from app.api.deps import PipelineDep, SettingsDep, TelemetryDep
 from app.api.form_body import FormBodyRoute
 from app.api.schemas import DATA_RANGE_DOC, PNG_UNITS_DOC, RETRY_AFTER, DenoiseJSONResponse, ErrorResponse
+from app.deadline import Deadline
 from app.imaging import codec, preview
 from app.imaging.codec import FILE_SUFFIXES
 from app.inference.card import Modality
-from app.pipeline import DenoiseOutcome, DenoiseRequest, MetricsMode, RequestLabels
+from app.pipeline import DenoiseOutcome, DenoisePipeline, DenoiseRequest, MetricsMode, RequestLabels
 
 router = APIRouter(tags=["denoise"], route_class=FormBodyRoute)
 
@@ -38,6 +42,7 @@ _ERRORS = {
         "model_unavailable: no loaded model can serve this modality; service_busy: the model's "
         "queue is full, retry after Retry-After seconds"
     ),
+    504: "request_timeout: the work passed DENOISE_REQUEST_TIMEOUT_S and was stopped",
 }
 MODEL_NAME_LENGTH = 128  # ids and architectures are short; a longer name is never a model
 _IMAGE_CONTENT = {
@@ -59,6 +64,34 @@ _HEADERS = {
     "X-Execution-Provider": {"description": "ONNX Runtime provider used", "schema": {"type": "string"}},
     "Server-Timing": {"description": "milliseconds per phase", "schema": {"type": "string"}},
 }
+
+
+async def _cancel_on_disconnect(request: Request, cancelled: threading.Event) -> None:
+    """The body is read: the next ASGI message is the client's disconnect (or the answer sent)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            cancelled.set()
+            return
+
+
+async def _run_until_done_or_gone(
+    request: Request, pipeline: DenoisePipeline, job: DenoiseRequest, labels: RequestLabels, deadline: Deadline
+) -> DenoiseOutcome:
+    """The pipeline with ``deadline``, whose cancellation is set when the client disconnects, so
+    the worker thread stops within a frame or a tile batch instead of finishing for nobody."""
+    failure: Exception | None = None
+    async with anyio.create_task_group() as group:
+        group.start_soon(_cancel_on_disconnect, request, deadline.cancelled)
+        try:
+            outcome = await pipeline.run(job, labels, deadline)
+        except Exception as error:  # raised after the group, so it is not wrapped in a group
+            failure = error
+        finally:
+            group.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
+    return outcome
 
 
 def _json_header(metrics: dict[str, object]) -> str:
@@ -152,7 +185,8 @@ async def denoise(
         rescale_slope=rescale_slope,
         rescale_intercept=rescale_intercept,
     )
-    outcome = await pipeline.run(job, labels)
+    deadline = Deadline(settings.request_timeout_s)
+    outcome = await _run_until_done_or_gone(request, pipeline, job, labels, deadline)
     telemetry.observe_phases(outcome.seconds, labels.modality, labels.model)
     telemetry.pixels.labels(labels.modality, labels.model).inc(outcome.pixels)
 
