@@ -19,6 +19,7 @@ import anyio
 import anyio.to_thread
 import numpy as np
 
+from app.allocator import return_freed_memory
 from app.deadline import Deadline
 from app.errors import InvalidRequest, ModalityNotServed, UnknownModality
 from app.imaging import codec, dicom
@@ -243,6 +244,14 @@ class DenoisePipeline:
         return metrics, content, noise_level
 
     def _run(self, request: DenoiseRequest, labels: RequestLabels, deadline: Deadline) -> DenoiseOutcome:
+        outcome = self._denoise(request, labels, deadline)
+        # Here the request's arrays are freed; a large one's memory goes back to the kernel (the
+        # allocator otherwise keeps it for the next request, app/allocator.py).
+        if outcome.pixels >= self.settings.trim_after_pixels:
+            return_freed_memory()
+        return outcome
+
+    def _denoise(self, request: DenoiseRequest, labels: RequestLabels, deadline: Deadline) -> DenoiseOutcome:
         timer = PhaseTimer()
         started = time.perf_counter()
         image = self._decode(request.data, request, request.modality)

@@ -105,6 +105,11 @@ class Settings(BaseSettings):
     )
     max_upload_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
     max_pixels: int = Field(default=100_000_000, ge=1, description="pixels per request, all frames together")
+    trim_after_pixels: int = Field(
+        default=4 * 1024 * 1024,
+        ge=0,
+        description="after a request of at least this many pixels, freed memory goes back to the kernel",
+    )
     request_timeout_s: float = Field(
         default=300.0,
         gt=0,
