@@ -24,6 +24,7 @@ import numpy as np
 import onnxruntime as ort
 
 from app.imaging.intensity import to_unit_range, window_for
+from app.inference.noise_map import noise_map
 from app.inference.registry import LoadedModel
 from app.inference.tiling import round_up
 
@@ -45,12 +46,19 @@ class Timing:
 
 
 def model_input(model: LoadedModel, units: np.ndarray) -> np.ndarray:
-    """The (1, 1, H, W) float32 array the model sees, padded by reflection to its multiple."""
-    unit = to_unit_range(units, window_for(units, model.card.normalisation))
+    """The (1, C, H, W) float32 array the model sees, padded by reflection to its multiple: the
+    image and, for a model conditioned on the noise level, the map the service would estimate
+    (made here, outside the timing: the baseline is the bare model call)."""
+    window = window_for(units, model.card.normalisation)
+    channels = [to_unit_range(units, window)]
+    if model.card.noise_map is not None:
+        sigma, _ = noise_map(units, model.card.noise_map, 1.0)
+        channels.append(sigma / np.float32(window.width))
+    stacked = np.stack(channels).astype(np.float32)
     multiple = model.card.spatial_multiple
-    rows, cols = unit.shape
-    pad = ((0, round_up(rows, multiple) - rows), (0, round_up(cols, multiple) - cols))
-    return np.ascontiguousarray(np.pad(unit, pad, mode="reflect"))[np.newaxis, np.newaxis]
+    rows, cols = stacked.shape[1:]
+    pad = ((0, 0), (0, round_up(rows, multiple) - rows), (0, round_up(cols, multiple) - cols))
+    return np.ascontiguousarray(np.pad(stacked, pad, mode="reflect"))[np.newaxis]
 
 
 def bare_session(

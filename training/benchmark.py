@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from app.imaging.intensity import NormalisationSpec, from_unit_range, to_unit_range, window_for
@@ -118,9 +117,10 @@ def true_noise_psd(image: ValidationImage, window: Any) -> np.ndarray:
     noise of SD s has s^2 * rows * cols in every bin), smoothed over neighbouring frequencies."""
     noise = to_unit_range(image.noisy, window) - to_unit_range(image.clean, window)
     noise = noise - noise.mean()
+    from scipy.ndimage import gaussian_filter
+
     periodogram = np.abs(np.fft.fft2(noise)) ** 2
-    smooth = cv2.GaussianBlur(np.fft.fftshift(periodogram), (0, 0), _PSD_SMOOTHING, borderType=cv2.BORDER_WRAP)
-    return np.fft.ifftshift(smooth)
+    return gaussian_filter(periodogram, _PSD_SMOOTHING, mode="wrap")  # frequencies wrap around
 
 
 def bm3d_psd_denoise(image: ValidationImage, spec: NormalisationSpec) -> tuple[np.ndarray, float]:
