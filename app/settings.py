@@ -39,6 +39,35 @@ _API_KEY = re.compile(r"[A-Za-z0-9._~+/=-]{16,}")
 _ORIGIN = re.compile(r"https?://[^/\s,]+")
 
 
+def _cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """CPUs the container may use by its cgroup quota (v2 ``cpu.max``, v1 ``cfs_quota_us``)."""
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota_us = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period_us = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+        return None if quota_us <= 0 else quota_us / period_us
+    except (OSError, ValueError):
+        return None
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity mask, capped by a container's CPU quota
+    (``os.cpu_count()`` counts the host's, and a 2-CPU container on a 384-CPU host would start
+    384 threads)."""
+    try:
+        count = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        count = os.cpu_count() or 1
+    quota = _cgroup_cpu_quota()
+    if quota is not None:
+        count = min(count, max(1, int(quota + 0.5)))
+    return max(1, count)
+
+
 def _comma_list(value: object) -> object:
     if isinstance(value, str):
         return tuple(part.strip() for part in value.split(",") if part.strip())
@@ -60,7 +89,7 @@ class Settings(BaseSettings):
         description="comma-separated execution providers, tried in the order tensorrt, cuda, cpu; "
         "'auto' = every one this onnxruntime build offers",
     )
-    intra_op_threads: int = Field(default=os.cpu_count() or 1, ge=1, le=256)
+    intra_op_threads: int = Field(default_factory=usable_cpus, ge=1, le=4096)
     inter_op_threads: int = Field(default=1, ge=1, le=64)
     ort_spinning: bool = Field(
         default=True,
@@ -82,9 +111,9 @@ class Settings(BaseSettings):
         "request reuse the memory of the last instead of faulting fresh pages in",
     )
     cpu_lanes: int = Field(
-        default=os.cpu_count() or 1,
+        default_factory=usable_cpus,
         ge=1,
-        le=256,
+        le=4096,
         description="on the CPU provider, model calls that may run at once on one core each "
         "while several requests want the model (a lone request still gets intra_op_threads "
         "cores); 1 turns the lanes off, so concurrent requests share batched calls as on a GPU",

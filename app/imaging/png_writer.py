@@ -25,7 +25,6 @@ writer's among them); a reader must handle every filter, interlacing and damaged
 
 from __future__ import annotations
 
-import os
 import struct
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +32,8 @@ from functools import cache
 
 import numpy as np
 from isal import isal_zlib
+
+from app.settings import usable_cpus
 
 SIGNATURE = b"\x89PNG\r\n\x1a\n"
 IDAT_CHUNK = 1 << 20  # readers accept any split; large chunks keep the per-chunk CRCs negligible
@@ -44,7 +45,7 @@ _LEVEL = 2
 PARALLEL_MIN_BYTES = 256 << 10
 _MAX_PARTS = 4
 _ZLIB_HEADER = b"\x78\x01"  # deflate, 32 KiB window, no dictionary (RFC 1950); readers ignore FLEVEL
-_WORKERS = min(_MAX_PARTS, os.cpu_count() or 1)
+_WORKERS = min(_MAX_PARTS, usable_cpus())
 
 
 @cache

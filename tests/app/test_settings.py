@@ -40,3 +40,24 @@ def test_bad_configuration_is_refused_at_start_up(
     monkeypatch.setenv(variable, value)
     with pytest.raises(ValidationError):
         Settings()
+
+
+def test_thread_defaults_follow_the_cpus_the_process_may_use(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Affinity and a container's CPU quota, not the host's count; any count is accepted (a
+    two-socket host has 384 logical CPUs)."""
+    from app import settings as settings_module
+
+    (tmp_path / "cpu.max").write_text("200000 100000\n")
+    assert settings_module._cgroup_cpu_quota(tmp_path) == 2.0
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert settings_module._cgroup_cpu_quota(tmp_path) is None
+    monkeypatch.setattr(settings_module.os, "sched_getaffinity", lambda pid: set(range(384)))
+    monkeypatch.setattr(settings_module, "_cgroup_cpu_quota", lambda: None)
+    assert settings_module.usable_cpus() == 384
+    big = Settings(models_dir=tmp_path)
+    assert big.intra_op_threads == 384 and big.cpu_lanes == 384
+    monkeypatch.setattr(settings_module, "_cgroup_cpu_quota", lambda: 1.5)
+    assert settings_module.usable_cpus() == 2
+    assert Settings(models_dir=tmp_path).intra_op_threads == 2

@@ -13,7 +13,7 @@ from google.protobuf import text_format
 
 from app.inference.card import read_card
 from app.tools.triton_export import main
-from tests.tiny_models import write_model_set
+from tests.tiny_models import write_conditioned_model, write_model_set
 
 
 def triton_model_config() -> ModuleType:
@@ -37,10 +37,12 @@ def test_every_model_exported_byte_for_byte_with_a_valid_config(
     tmp_path: Path, model_config: ModuleType, capsys: pytest.CaptureFixture[str]
 ) -> None:
     models = write_model_set(tmp_path / "models")
+    write_conditioned_model(models, "mr", "unet-conditioned", default=False)
     out = tmp_path / "triton"
     assert main(["--models-dir", str(models), "--out", str(out), "--max-batch-size", "8", "--tensorrt"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["ct-autoencoder", "ct-unet", "mr-unet", "xray-unet"]
-    assert len(capsys.readouterr().out.splitlines()) == 4
+    assert sorted(p.name for p in out.iterdir()) == [
+        "ct-autoencoder", "ct-unet", "mr-unet", "mr-unet-conditioned", "xray-unet"]
+    assert len(capsys.readouterr().out.splitlines()) == 5
     for card_dir in sorted(p.parent for p in models.rglob("card.json")):
         card = read_card(card_dir)
         target = out / card.id
@@ -54,7 +56,8 @@ def test_every_model_exported_byte_for_byte_with_a_valid_config(
         (tensor_in,) = config.input
         (tensor_out,) = config.output
         assert (tensor_in.name, tensor_out.name) == ("noisy", "denoised")
-        assert list(tensor_in.dims) == list(tensor_out.dims) == [1, -1, -1]
+        # A model conditioned on the noise level takes the image and its noise map.
+        assert list(tensor_in.dims) == [card.input.channels, -1, -1] and list(tensor_out.dims) == [1, -1, -1]
         assert tensor_in.data_type == tensor_out.data_type == model_config.TYPE_FP32
         assert config.dynamic_batching.max_queue_delay_microseconds == 2000
         assert config.instance_group[0].kind == model_config.ModelInstanceGroup.KIND_GPU
