@@ -6,16 +6,20 @@
   stdin). A file is taken when its bytes say PNG or DICOM (``DICM`` at byte 128), whatever its
   name, so archives of extension-less DICOM files work.
 * Outputs: the same relative path under ``--out`` (a file named on its own lands under its
-  name). Each is written to ``<name>.part`` and renamed when complete, so an existing output is a
+  name); two inputs that would land on one output stop the run before anything is sent. Each is
+  written to ``<name>.part`` and renamed when complete, so an existing output is a
   complete one; a second run skips it (``--overwrite`` redoes it).
 * At most ``--concurrency`` requests are in flight. 5xx answers and connection errors are retried
   with exponential backoff and jitter (``Retry-After`` honoured); 4xx answers are not retried:
-  the file itself is the problem and the report says why.
+  the file itself is the problem and the report says why. A refused API key (401, 403) stops the
+  run at once: every other file would be refused too.
+* Before the first file, ``/readyz`` must answer 200 (a service without models would refuse
+  every file); ``--dry-run`` lists the files and their outputs and sends nothing.
 * The report (``--report``, CSV or JSON lines by its suffix or ``--report-format``) has one row
-  per file: status, HTTP status, error, model, provider, attempts, latency and metrics. A summary
-  goes to stderr at the end.
+  per file: status, HTTP status, error, model, provider, attempts, latency and metrics; each run
+  appends to it, so an earlier run's rows stay. A summary goes to stderr at the end.
 * Exit status: 0 when every file was denoised or skipped, 1 when some failed, 2 for a usage
-  error or nothing to do, 3 when the server cannot be reached at all.
+  error or nothing to do, 3 when the server cannot be reached, is not ready or refuses the key.
 
 Needs only httpx and tqdm (``pip install 'medical-denoise[client]'``); never imports the server.
 """
@@ -36,8 +40,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-import httpx
-from tqdm import tqdm
+try:
+    import httpx
+    from tqdm import tqdm
+except ModuleNotFoundError as missing:  # installed without the client extra
+    sys.exit(
+        f"denoise-batch needs {missing.name}, from the project's client extra: "
+        "pip install 'medical-denoise[client]' (or pip install httpx tqdm)"
+    )
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -132,6 +142,14 @@ def find_jobs(inputs: Iterable[Path], out: Path) -> list[Job]:
     return jobs
 
 
+def colliding_outputs(jobs: list[Job]) -> dict[Path, list[Path]]:
+    """Outputs that more than one input would be written to (files of one name from two folders)."""
+    by_target: dict[Path, list[Path]] = {}
+    for job in jobs:
+        by_target.setdefault(job.target, []).append(job.source)
+    return {target: sources for target, sources in by_target.items() if len(sources) > 1}
+
+
 @dataclass
 class Result:
     input: str
@@ -174,7 +192,7 @@ class ReportWriter:
         self.handle = handle
         self.kind = kind
         self.csv = csv.DictWriter(handle, REPORT_FIELDS) if kind == "csv" else None
-        if self.csv is not None:
+        if self.csv is not None and handle.tell() == 0:  # appended to: the header is there already
             self.csv.writeheader()
 
     def write(self, result: Result) -> None:
@@ -283,18 +301,24 @@ def _headers(options: Options) -> dict[str, str]:
     return headers
 
 
-async def reachable(options: Options) -> str | None:
-    """None when /healthz answers (after the same retries as a file), else why not."""
+KEY_REFUSED = (401, 403)
+
+
+async def ready(options: Options) -> str | None:
+    """None when /readyz answers 200 (after the same retries as a file), else why not. A refused
+    key is not retried; a service still loading its models is, like a 5xx."""
     async with httpx.AsyncClient(base_url=options.url, headers=_headers(options), timeout=10) as client:
         reason = "no answer"
         for attempt in range(1, options.retries + 2):
             try:
-                response = await client.get("/healthz")
-                if response.status_code < 500:
+                response = await client.get("/readyz")
+                if response.status_code == 200:
                     return None
-                reason = f"HTTP {response.status_code}"
+                if response.status_code in KEY_REFUSED:
+                    return f"the API key was refused: HTTP {response.status_code} {_error_of(response)[0]}"
+                reason = f"not ready, HTTP {response.status_code}: {_error_of(response)[1] or 'no reason given'}"
             except httpx.TransportError as error:
-                reason = type(error).__name__
+                reason = f"does not answer ({type(error).__name__})"
             if attempt <= options.retries:
                 await asyncio.sleep(_backoff(options, attempt, None))
         return reason
@@ -304,6 +328,7 @@ async def reachable(options: Options) -> str | None:
 class Summary:
     results: list[Result] = field(default_factory=list)
     seconds: float = 0.0
+    key_refused: bool = False
 
     def count(self, status: str) -> int:
         return sum(r.status == status for r in self.results)
@@ -330,6 +355,8 @@ class Summary:
                 errors[r.error] = errors.get(r.error, 0) + 1
         if errors:
             lines.append("failures: " + ", ".join(f"{code} x{n}" for code, n in sorted(errors.items())))
+        if self.key_refused:
+            lines.append("stopped: the service refused the API key; check --api-key or DENOISE_API_KEY")
         return "\n".join(lines)
 
 
@@ -346,8 +373,10 @@ async def run(jobs: list[Job], options: Options, report: ReportWriter, progress:
     ) as client:
 
         async def worker() -> None:
-            while not queue.empty():
+            while not queue.empty() and not summary.key_refused:
                 result = await denoise_one(client, queue.get_nowait(), options)
+                if result.http_status in KEY_REFUSED:
+                    summary.key_refused = True  # every other file would be refused alike
                 summary.results.append(result)
                 report.write(result)
                 bar.update(1)
@@ -391,6 +420,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per request")
     parser.add_argument("--overwrite", action="store_true", help="redo outputs that already exist")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--dry-run", action="store_true", help="list each file and its output; send nothing")
     args = parser.parse_args(argv)
     if args.concurrency < 1 or args.retries < 0 or args.backoff < 0 or args.timeout <= 0:
         parser.error("--concurrency must be >= 1, --retries and --backoff >= 0, --timeout > 0")
@@ -410,6 +440,17 @@ def main(argv: list[str] | None = None) -> int:
     if not jobs:
         print("denoise-batch: no PNG or DICOM file among the inputs", file=sys.stderr)
         return EXIT_USAGE
+    collisions = colliding_outputs(jobs)
+    if collisions:
+        for target, sources in list(collisions.items())[:5]:
+            print(f"denoise-batch: {', '.join(map(str, sources))} would all be written to {target}", file=sys.stderr)
+        print("denoise-batch: nothing sent; name their common folder instead, so its tree is mirrored",
+              file=sys.stderr)
+        return EXIT_USAGE
+    if args.dry_run:
+        for job in jobs:
+            print(f"{job.source} -> {job.target}")
+        return EXIT_OK
     options = Options(
         url=args.url.rstrip("/"),
         modality=args.modality,
@@ -423,17 +464,19 @@ def main(argv: list[str] | None = None) -> int:
         timeout_s=args.timeout,
         overwrite=args.overwrite,
     )
-    why = asyncio.run(reachable(options))
+    why = asyncio.run(ready(options))
     if why is not None:
-        print(f"denoise-batch: the service at {options.url} does not answer ({why})", file=sys.stderr)
+        print(f"denoise-batch: the service at {options.url}: {why}", file=sys.stderr)
         return EXIT_UNREACHABLE
     report_path = args.report or args.out / "denoise-report.csv"
     kind = args.report_format or ("jsonl" if report_path.suffix in (".jsonl", ".json") else "csv")
     report_path.parent.mkdir(parents=True, exist_ok=True)
-    with report_path.open("w", newline="", encoding="utf-8") as handle:
+    with report_path.open("a", newline="", encoding="utf-8") as handle:
         summary = asyncio.run(run(jobs, options, ReportWriter(handle, kind), not args.no_progress))
     print(summary.text(), file=sys.stderr)
     print(f"report: {report_path}", file=sys.stderr)
+    if summary.key_refused:
+        return EXIT_UNREACHABLE
     return EXIT_FAILED if summary.count("failed") else EXIT_OK
 
 

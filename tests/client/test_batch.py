@@ -121,12 +121,16 @@ class ScriptedServer(BaseHTTPRequestHandler):
 
     script: ClassVar[list[int]] = []
     posts: ClassVar[list[dict[str, str]]] = []
+    readiness: ClassVar[int] = 200
 
     def log_message(self, *args: object) -> None:
         pass
 
-    def do_GET(self) -> None:  # /healthz
-        self._send(200, {"status": "alive"})
+    def do_GET(self) -> None:  # /readyz
+        if self.readiness == 200:
+            self._send(200, {"status": "ready"})
+        else:
+            self._send(self.readiness, {"error": "not_ready", "detail": "No model is loaded."})
 
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers["content-length"]))
@@ -159,7 +163,7 @@ class ScriptedServer(BaseHTTPRequestHandler):
 
 @pytest.fixture()
 def scripted() -> Iterator[str]:
-    ScriptedServer.script, ScriptedServer.posts = [], []
+    ScriptedServer.script, ScriptedServer.posts, ScriptedServer.readiness = [], [], 200
     server = ThreadingHTTPServer(("127.0.0.1", 0), ScriptedServer)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -236,3 +240,68 @@ def test_the_client_needs_neither_the_server_nor_its_dependencies() -> None:
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", probe], cwd=REPO, check=True)
+
+
+def test_two_inputs_for_one_output_stop_the_run_before_anything_is_sent(
+    scripted: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for folder in ("day-1", "day-2"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "a.png").write_bytes(ct_png(6))
+    listing = tmp_path / "files.txt"
+    listing.write_text(f"{tmp_path / 'day-1' / 'a.png'}\n{tmp_path / 'day-2' / 'a.png'}\n")
+    assert main(["--list", str(listing), "--out", str(tmp_path / "out"), "--url", scripted, *FAST]) == EXIT_USAGE
+    assert "would all be written to" in capsys.readouterr().err
+    assert ScriptedServer.posts == [] and not (tmp_path / "out").exists()
+    # Their common folder mirrors the tree: both land, apart.
+    assert main([str(tmp_path / "day-1"), str(tmp_path / "day-2"), "--out", str(tmp_path / "out"),
+                 "--url", scripted, "--dry-run", *FAST]) == EXIT_USAGE
+    assert main([str(tmp_path), "--out", str(tmp_path / "out"), "--url", scripted, "--modality", "ct",
+                 *FAST]) == EXIT_OK
+    assert (tmp_path / "out" / "day-1" / "a.png").is_file() and (tmp_path / "out" / "day-2" / "a.png").is_file()
+
+
+def test_a_refused_key_stops_at_once(scripted: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for name in ("a", "b", "c", "d"):
+        (tmp_path / "in").mkdir(exist_ok=True)
+        (tmp_path / "in" / f"{name}.png").write_bytes(ct_png(7))
+    ScriptedServer.script = [401] * 10
+    args = [str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--url", scripted, "--concurrency", "1"]
+    assert main([*args, "--api-key", "wrong-key-0000000000", *FAST]) == EXIT_UNREACHABLE
+    assert len(ScriptedServer.posts) == 1  # not file after file
+    assert "refused the API key" in capsys.readouterr().err
+
+
+def test_a_service_that_is_not_ready_gets_no_files(
+    scripted: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ScriptedServer.readiness = 503
+    source = one_file(tmp_path)
+    assert main([str(source), "--out", str(tmp_path / "out"), "--url", scripted, "--retries", "1", *FAST]) == (
+        EXIT_UNREACHABLE
+    )
+    assert "not ready, HTTP 503: No model is loaded." in capsys.readouterr().err
+    assert ScriptedServer.posts == []
+    ScriptedServer.readiness = 401
+    assert main([str(source), "--out", str(tmp_path / "out"), "--url", scripted, *FAST]) == EXIT_UNREACHABLE
+    assert "API key was refused" in capsys.readouterr().err
+
+
+def test_reports_are_appended_and_dry_run_sends_nothing(
+    scripted: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = one_file(tmp_path)
+    out = tmp_path / "out"
+    assert main([str(source.parent), "--out", str(out), "--url", scripted, "--dry-run", *FAST]) == EXIT_OK
+    assert capsys.readouterr().out.strip() == f"{source} -> {(out / 'a.png').resolve()}"
+    assert ScriptedServer.posts == []
+    for _ in range(2):
+        assert main([str(source.parent), "--out", str(out), "--url", scripted, "--overwrite", *FAST]) == EXIT_OK
+    lines = (out / "denoise-report.csv").read_text().splitlines()
+    assert len(lines) == 3 and lines[0].startswith("input,output,status")  # one header, both runs
+
+
+def test_without_the_client_extra_it_says_what_to_install() -> None:
+    probe = "import sys; sys.modules['httpx'] = None; import client.batch"
+    result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode != 0 and "pip install 'medical-denoise[client]'" in result.stderr
