@@ -40,6 +40,17 @@ def test_compose_file_follows_the_compose_specification() -> None:
     jsonschema.validate(COMPOSE, schema)
 
 
+def test_no_compose_command_needs_a_variable_only_grafana_uses() -> None:
+    """A required ${VAR:?} anywhere fails every command (ps, logs, restart) where it is unset;
+    Grafana's password comes from a secret that only creating its container reads."""
+    text = (REPO / "docker-compose.yml").read_text()
+    assert not re.search(r"\$\{[A-Za-z_][A-Za-z0-9_]*:?\?", text)  # ${VAR:?message} or ${VAR?message}
+    grafana = COMPOSE["services"]["grafana"]
+    assert grafana["environment"]["GF_SECURITY_ADMIN_PASSWORD__FILE"] == "/run/secrets/grafana_admin_password"
+    assert grafana["secrets"] == ["grafana_admin_password"]
+    assert COMPOSE["secrets"]["grafana_admin_password"] == {"environment": "GRAFANA_ADMIN_PASSWORD"}
+
+
 def test_compose_reserves_a_gpu_and_wires_prometheus_and_grafana() -> None:
     services = COMPOSE["services"]
     denoise = services["denoise"]
