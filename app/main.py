@@ -51,6 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             telemetry.describe_registry(registry)
             app.state.registry = registry
             app.state.pipeline = DenoisePipeline(registry, settings, batch_observer=telemetry.observe_batch)
+            telemetry.watch_queues(app.state.pipeline.queued_tiles)
             logger.info("serving %d model(s), %d not served", len(registry.models), len(registry.unserved))
             if not registry.models:
                 logger.warning("!!! no model is served; /readyz and /v1/models say why !!!")

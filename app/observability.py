@@ -13,6 +13,7 @@ import logging
 import re
 import uuid
 import warnings
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
@@ -152,9 +153,21 @@ class Telemetry:
             registry=self.registry,
         )
         self.models_loaded = Gauge("denoise_models_loaded", "Models being served.", registry=self.registry)
+        self.queue_tiles = Gauge(
+            "denoise_queue_tiles",
+            "Tiles waiting in each model's batch queue, at the moment of the scrape.",
+            ("model",),
+            registry=self.registry,
+        )
         self.models_unserved = Gauge(
             "denoise_models_unserved", "Models found but not served (see /v1/models).", registry=self.registry
         )
+
+    def watch_queues(self, queued_tiles: Callable[[], dict[str, int]]) -> None:
+        """``denoise_queue_tiles{model}``: tiles waiting in each model's batch queue, read at
+        every scrape (the signal an autoscaler scales on; docs/BENCHMARKS.md has the queue)."""
+        for model in queued_tiles():
+            self.queue_tiles.labels(model).set_function(lambda model=model: queued_tiles().get(model, 0))
 
     def describe_registry(self, models: ModelRegistry) -> None:
         for model in models.models.values():

@@ -113,6 +113,10 @@ class DenoisePipeline:
         batcher.check_capacity(int(batch.shape[0]))
         return await anyio.to_thread.run_sync(batcher.submit, batch, limiter=self.waiting)
 
+    def queued_tiles(self) -> dict[str, int]:
+        """Tiles waiting in each model's batch queue now."""
+        return {model_id: denoiser.batcher.queued_tiles for model_id, denoiser in self.denoisers.items()}
+
     def stopped_models(self) -> list[str]:
         """Models whose batcher thread died of a bug: they can no longer serve."""
         return sorted(i for i, d in self.denoisers.items() if d.batcher.stopped)

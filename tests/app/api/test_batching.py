@@ -98,6 +98,8 @@ def first_held_while_three_queue(client: TestClient, batcher: MicroBatcher) -> l
         assert gate.entered.wait(20)
         rest = [pool.submit(post, client, seed) for seed in (1, 2, 3)]
         wait_for(lambda: batcher.queued_tiles == 3)
+        # The queue depth an autoscaler reads, at the moment of the scrape.
+        assert 'denoise_queue_tiles{model="xray-unet"} 3.0' in client.get("/metrics").text
         gate.release.set()
         answers = [first.result(30), *(f.result(30) for f in rest)]
     assert [status for status, _, _ in answers] == [200] * 4
@@ -111,6 +113,7 @@ def test_concurrent_requests_share_a_model_call(batching_app: tuple[FastAPI, Tes
     answers = first_held_while_three_queue(client, batcher)
     calls, tiles = batch_histogram(client)
     assert (calls - calls_before, tiles - tiles_before) == (2, 4)  # 1 alone, then 3 together
+    assert 'denoise_queue_tiles{model="xray-unet"} 0.0' in client.get("/metrics").text
     assert "denoise_batch_queue_seconds_count" in client.get("/metrics").text
     for seed, (_, _, content) in zip(range(4), answers, strict=True):  # each got its own image
         _, _, alone = post(client, seed)
