@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from typing import Any
 
@@ -20,6 +21,8 @@ from app.observability import Telemetry, new_request_id, request_id_var
 logger = logging.getLogger(__name__)
 
 DENOISE_PATH = "/v1/denoise"
+# The inference requests the request metrics count: /v1/denoise and the protocol's infer.
+_INFER_PATH = re.compile(r"/v2/models/[^/]+(/versions/[^/]+)?/infer")
 
 
 def header_value(scope: Scope, name: bytes) -> str | None:
@@ -46,7 +49,7 @@ class RequestContextMiddleware:
         state: dict[str, Any] = scope.setdefault("state", {})
         state["request_id"] = request_id
         status = 500
-        is_denoise = scope["path"] == DENOISE_PATH
+        is_denoise = scope["path"] == DENOISE_PATH or _INFER_PATH.fullmatch(scope["path"]) is not None
         started = time.perf_counter()
         if is_denoise:
             self.telemetry.in_flight.inc()

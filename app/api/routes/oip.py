@@ -45,6 +45,7 @@ from app.api.schemas import (
 from app.errors import InferenceFailed, ServiceBusy
 from app.imaging.dicom_derive import SOFTWARE_NAME, SOFTWARE_VERSION
 from app.inference.registry import LoadedModel, ModelRegistry
+from app.pipeline import RequestLabels
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol"])
 
@@ -249,9 +250,12 @@ async def infer(
     name: ModelName,
     version: str | None = None,
 ) -> Response:
+    labels = RequestLabels()
+    request.state.labels = labels  # the request metrics count /v2 inference too, by model
     try:
         model = _model(registry, name, version)
         card = model.card
+        labels.modality, labels.model = card.modality, card.id
         contract = TensorContract(
             card.input.name,
             card.output.name,

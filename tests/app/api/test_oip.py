@@ -109,6 +109,11 @@ def test_json_tensor_with_nested_data_and_metrics(client: TestClient) -> None:
     np.testing.assert_allclose(np.array(output["data"]).reshape(batch.shape), mean_3x3(batch), atol=1e-5)
     metrics = client.get("/metrics").text
     assert 'denoise_phase_seconds_count{modality="xray",model="xray-unet",phase="infer"}' in metrics
+    # Counted with /v1/denoise in the request metrics, under its model; a refusal too.
+    assert 'denoise_requests_total{modality="xray",model="xray-unet",status="200"}' in metrics
+    assert 'denoise_request_seconds_count{modality="xray",model="xray-unet",status="200"}' in metrics
+    client.post("/v2/models/xray-unet/infer", json={"inputs": []})
+    assert 'denoise_requests_total{modality="xray",model="xray-unet",status="400"}' in client.get("/metrics").text
 
 
 def test_binary_output_asked_for_at_request_level(client: TestClient) -> None:
