@@ -45,9 +45,12 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/* \
     && python3 -m venv /opt/venv \
     && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin denoise
-# onnxruntime-gpu only: the CPU wheel installs the same module and must not sit beside it.
+# onnxruntime-gpu only: the CPU wheel installs the same module and must not sit beside it. Every
+# package at the version deploy/gpu/constraints.txt locks (scripts/lock_gpu.py): onnxruntime-gpu
+# built for this image's CUDA major (tests/deploy/test_gpu_runtime.py), the same build each time.
 RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
-    pip install "$(ls /wheels/medical_denoise-*.whl)[gpu]"
+    --mount=type=bind,source=deploy/gpu/constraints.txt,target=/tmp/constraints.txt \
+    pip install --constraint /tmp/constraints.txt "$(ls /wheels/medical_denoise-*.whl)[gpu]"
 COPY --chown=10001:10001 models /models
 USER 10001
 WORKDIR /tmp
