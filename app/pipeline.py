@@ -123,6 +123,12 @@ class DenoisePipeline:
 
     def not_ready_reason(self) -> str | None:
         """Why the service is not ready, or None: the one rule /readyz and /v2/health/ready share."""
+        if self.registry.missing_provider:
+            required = self.settings.require_provider
+            return (
+                f"{', '.join(self.registry.missing_provider)} did not get the {required} execution provider that "
+                f"DENOISE_REQUIRE_PROVIDER requires; see /v1/models and the start-up log for why."
+            )
         stopped = self.stopped_models()
         if stopped:  # a bug stopped a model's inference worker: only a restart brings it back
             return f"The inference worker of {', '.join(stopped)} stopped on an internal error; restart the service."

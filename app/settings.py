@@ -162,6 +162,11 @@ class Settings(BaseSettings):
         description="width of the blending ramp between tiles, in pixels, on top of the "
         "receptive-field margin each tile discards",
     )
+    require_provider: ProviderName | None = Field(
+        default=None,
+        description="a model whose session did not get this provider is not served and /readyz stays "
+        "503 (a GPU node that would quietly serve on the CPU fails loudly instead)",
+    )
     tile_batch: int = Field(
         default=4, ge=1, le=256, description="tiles one request hands to the batcher at a time"
     )
@@ -210,6 +215,11 @@ class Settings(BaseSettings):
         min_length=1,
         description="address the metrics port listens on; 0.0.0.0 in a container that Prometheus scrapes",
     )
+
+    @field_validator("require_provider", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if value == "" else value
 
     @field_validator("providers", mode="before")
     @classmethod

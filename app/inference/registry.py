@@ -63,6 +63,8 @@ class ModelRegistry:
     requested_providers: tuple[str, ...]
     models: dict[str, LoadedModel] = field(default_factory=dict)
     unserved: list[UnservedModel] = field(default_factory=list)
+    # Models refused because their session did not get DENOISE_REQUIRE_PROVIDER: not ready.
+    missing_provider: list[str] = field(default_factory=list)
 
     def modalities(self) -> list[str]:
         return sorted({m.card.modality for m in self.models.values()})
@@ -296,6 +298,14 @@ def load_registry(settings: Settings) -> ModelRegistry:
             continue
         if model.card.id in registry.models:
             registry.unserved.append(UnservedModel(relative, "duplicate model id", model.card.id))
+            continue
+        required = settings.require_provider
+        if required is not None and model.execution_provider != ORT_PROVIDERS[required]:
+            reason = (f"its session runs on {model.execution_provider}, but DENOISE_REQUIRE_PROVIDER={required} "
+                      f"requires {ORT_PROVIDERS[required]}")
+            logger.error("!!! model %s is not served: %s !!!", model.card.id, reason)
+            registry.unserved.append(UnservedModel(relative, reason, model.card.id))
+            registry.missing_provider.append(model.card.id)
             continue
         registry.models[model.card.id] = model
         _report(model, providers)

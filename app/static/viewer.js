@@ -141,6 +141,13 @@ function row(table, cells) {
   });
 }
 
+function selectedModelAcceptsStrength() {
+  const chosen = $("model").value;
+  const modality = $("modality").value;
+  const model = state.models.find((m) => (chosen ? m.id === chosen : m.default && (!modality || m.modality === modality)));
+  return model ? model.accepts_strength : false;
+}
+
 function showMetrics(body) {
   const table = $("metrics").tBodies[0];
   table.replaceChildren();
@@ -158,6 +165,10 @@ function showMetrics(body) {
   row(details, ["model", body.model]);
   row(details, ["modality", body.modality]);
   row(details, ["provider", body.execution_provider]);
+  if (body.noise_level) {
+    const level = body.noise_level;
+    row(details, ["noise level", `estimated ${fmt(level.estimated)}, applied ${fmt(level.applied)} (strength ${fmt(level.strength)}) ${level.units}`]);
+  }
   row(details, ["image", `${body.preview.frames} frame(s), shown at 1/${body.preview.step} scale`]);
   for (const [phase, ms] of Object.entries(body.timings_ms)) row(details, [`${phase} (ms)`, fmt(ms)]);
   row(details, ["request id", body.request_id]);
@@ -178,6 +189,8 @@ async function denoise() {
   form.append("file", state.file);
   if ($("modality").value) form.append("modality", $("modality").value);
   if ($("model").value) form.append("model", $("model").value);
+  // Only models with a noise-level input take a strength; a blind model would answer 422.
+  if (selectedModelAcceptsStrength()) form.append("strength", $("strength").value);
   form.append("preview", "true");
   $("denoise-button").disabled = true;
   $("denoise-button").textContent = "Denoising…";
@@ -238,6 +251,7 @@ function wire() {
   $("file-input").addEventListener("change", (event) => chooseFile(event.target.files[0]));
   $("modality").addEventListener("change", fillModels);
   $("denoise-button").addEventListener("click", denoise);
+  $("strength").addEventListener("input", () => { $("strength-value").textContent = Number($("strength").value).toFixed(2); });
   $("api-key-form").addEventListener("submit", useKey);
   $("view-mode").addEventListener("change", (event) => { $("views").className = `views mode-${event.target.value}`; });
   $("slider").addEventListener("input", render);

@@ -134,3 +134,24 @@ def test_a_card_and_graph_that_disagree_on_the_noise_map_are_refused(tmp_path: P
     reasons = {u.path: u.reason for u in registry.unserved}
     assert "takes 1" in reasons["mr/unet"]
     assert "ONNX input has 1 channels" in reasons["xray/unet"]
+
+
+def test_a_required_provider_that_was_not_obtained_keeps_the_service_unready(
+    models_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """DENOISE_REQUIRE_PROVIDER=cuda on a machine without it: no model is served on the CPU in its
+    place, the log says so loudly, and /readyz stays 503 with the reason."""
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+
+    settings = Settings(models_dir=models_dir, intra_op_threads=1, providers=("cuda", "cpu"), require_provider="cuda")
+    with caplog.at_level(logging.ERROR, logger="app.inference.registry"):
+        registry = load_registry(settings)
+    assert registry.models == {} and len(registry.missing_provider) == 4
+    assert "!!! model ct-unet is not served" in caplog.text and "DENOISE_REQUIRE_PROVIDER=cuda" in caplog.text
+    with TestClient(create_app(settings)) as client:
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and "DENOISE_REQUIRE_PROVIDER" in ready.text
+    assert Settings(models_dir=models_dir, require_provider="").require_provider is None
+    assert load_registry(settings.model_copy(update={"require_provider": "cpu"})).missing_provider == []
