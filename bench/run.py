@@ -305,6 +305,11 @@ def main(argv: list[str] | None = None) -> int:
         help="a service setting (DENOISE_NAME); the direct baseline keeps ONNX Runtime's defaults",
     )
     parser.add_argument("--max-seconds", type=float, default=240, help="time bound per scenario")
+    parser.add_argument(
+        "--baseline-provider",
+        choices=("tensorrt", "cuda", "cpu"),
+        help="the bare ONNX Runtime baseline's provider (default: every one available, as the service's auto)",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
 
@@ -320,7 +325,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.cases:
         cases = [c for c in cases if c.name in args.cases.split(",")]
     counts = {c.name: (large if c.megapixels > 1 else small) for c in cases}
-    registry = load_registry(Settings(models_dir=args.models_dir))
+    baseline_providers = ("auto",) if args.baseline_provider is None else tuple(
+        dict.fromkeys((args.baseline_provider, "cpu"))
+    )
+    registry = load_registry(Settings(models_dir=args.models_dir, providers=baseline_providers))
     reports = []
     for case in cases:
         model = registry.resolve(case.modality, None)  # type: ignore[arg-type]
