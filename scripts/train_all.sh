@@ -14,7 +14,7 @@ python=.venv/bin/python
 $python -m training.schedule --profile "${PROFILE:-cpu}"
 # The blind autoencoder baselines.
 for modality in ct mr xray; do
-  $python -m training.train --config "training/configs/$modality-autoencoder.toml" --minutes 6 --no-progress
+  $python -m training.train --config "training/configs/$modality-autoencoder.toml" --minutes 4 --no-progress
   $python -m training.export --run "runs/$modality-autoencoder"
 done
 $python -m training.evaluate

@@ -123,6 +123,16 @@ def test_upload_a_dicom_and_see_both_images_and_the_metrics(
     if keep:
         shutil.copyfile(screenshot, keep)
 
+    # The default models take a noise level: the estimate is shown, and the strength control works.
+    assert "noise level estimated" in details and "(strength 1)" in details
+    driver.execute_script(  # type: ignore[attr-defined]
+        "const s = document.getElementById('strength'); s.value = '2'; s.dispatchEvent(new Event('input'));")
+    assert driver.find_element(By.ID, "strength-value").text == "2.00"  # type: ignore[attr-defined]
+    driver.execute_script("document.getElementById('denoised-canvas').removeAttribute('data-rendered');")  # type: ignore[attr-defined]
+    driver.find_element(By.ID, "denoise-button").click()  # type: ignore[attr-defined]
+    wait.until(lambda d: d.find_element(By.ID, "denoised-canvas").get_attribute("data-rendered") == "true")
+    assert "(strength 2)" in driver.find_element(By.ID, "details").text  # type: ignore[attr-defined]
+
     Select(driver.find_element(By.ID, "view-mode")).select_by_value("slider")  # type: ignore[attr-defined]
     assert driver.find_element(By.ID, "slider").is_displayed()  # type: ignore[attr-defined]
     assert not driver.find_element(By.ID, "denoised-canvas").is_displayed()  # type: ignore[attr-defined]

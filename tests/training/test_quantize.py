@@ -236,7 +236,10 @@ def test_evaluate_variant_rescores_only_the_variant_card(quantized: Path, tmp_pa
                    str(write_prepared(tmp_path / "prepared")), "--slices", "1", "--crop", "32", "--threads", "1",
                    "--repeats", "1"])
     card = read_card(models / "ct" / "unet-int8")
-    assert card.test_metrics["command"] == "python -m training.evaluate --modality ct --variant unet-int8"
+    # The command reproduces the figures: the non-default sample sizes are part of it.
+    assert card.test_metrics["command"] == (
+        "python -m training.evaluate --modality ct --slices 1 --crop 32 --variant unet-int8"
+    )
     assert card.test_metrics["levels"].keys() == levels_before.keys()
     assert card.test_metrics["levels"] != levels_before
     assert (models / "ct" / "unet" / "card.json").read_text() == fp32_before
