@@ -32,7 +32,7 @@ INPUT_NAME = "noisy"
 OUTPUT_NAME = "denoised"
 PARITY_SIZES = ((37, 61), (512, 512))
 PARITY_TOLERANCE = 1e-4
-MODEL_VERSION = "1.0.0"
+MODEL_VERSION = "1.1.0"  # the blind models; 1.1.0: retrained on the leave-one-source-out splits
 # Conditioned on the noise level: a second input channel, a different contract.
 CONDITIONED_MODEL_VERSION = "2.0.0"
 GAUSSIAN_DESCRIPTION = " Also trained on signed white Gaussian noise ({units}) over {low:g}-{high:g}."
