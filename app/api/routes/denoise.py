@@ -44,6 +44,9 @@ _ERRORS = {
     ),
     504: "request_timeout: the work passed DENOISE_REQUEST_TIMEOUT_S and was stopped",
 }
+# Waiting on the ASGI receive for a disconnect cost 6-7 ms of every request (docs/BENCHMARKS.md);
+# a request that ends sooner than this never starts to watch.
+WATCH_AFTER_S = 0.5
 MODEL_NAME_LENGTH = 128  # ids and architectures are short; a longer name is never a model
 _IMAGE_CONTENT = {
     "image/png": {"schema": {"type": "string", "format": "binary"}},
@@ -68,6 +71,7 @@ _HEADERS = {
 
 async def _cancel_on_disconnect(request: Request, cancelled: threading.Event) -> None:
     """The body is read: the next ASGI message is the client's disconnect (or the answer sent)."""
+    await anyio.sleep(WATCH_AFTER_S)
     while True:
         message = await request.receive()
         if message["type"] == "http.disconnect":
