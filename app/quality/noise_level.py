@@ -91,8 +91,8 @@ def block_statistics(image: np.ndarray, block: int = BLOCK) -> tuple[np.ndarray,
 
     The plane a + b x + c y is fitted by least squares in closed form: with centred coordinates
     the three terms are orthogonal, so the residual sum of squares is the centred sum of squares
-    less (sum x v)^2 / sum x^2 and (sum y v)^2 / sum y^2. A few passes over the image, no copy of
-    it in float64.
+    less (sum x v)^2 / sum x^2 and (sum y v)^2 / sum y^2. The blocks are copied once into rows of
+    a float32 array, so every reduction runs along contiguous memory.
     """
     data = np.asarray(image)
     if data.ndim != 2:
@@ -100,26 +100,27 @@ def block_statistics(image: np.ndarray, block: int = BLOCK) -> tuple[np.ndarray,
     rows, cols = data.shape[0] // block, data.shape[1] // block
     if rows == 0 or cols == 0:
         return np.empty(0), np.empty(0)
-    blocks = data[: rows * block, : cols * block].reshape(rows, block, cols, block)
+    grid = data[: rows * block, : cols * block].reshape(rows, block, cols, block)
     # A large image gives more blocks than a stable percentile needs: every step-th row and column of them.
     step = max(1, math.ceil(math.sqrt(rows * cols / _MAX_BLOCKS)))
-    blocks = blocks[::step, :, ::step, :]
-    means = blocks.mean(axis=(1, 3), dtype=np.float64)
-    centred = blocks - means.astype(blocks.dtype if blocks.dtype.kind == "f" else np.float64)[:, None, :, None]
-    centred = centred.astype(np.float32, copy=False)
-    coordinate = (np.arange(block, dtype=np.float32) - (block - 1) / 2.0)
-    squares = np.einsum("ibjc,ibjc->ij", centred, centred, dtype=np.float64)
-    along_rows = np.einsum("ibjc,b->ij", centred, coordinate, dtype=np.float64)
-    along_cols = np.einsum("ibjc,c->ij", centred, coordinate, dtype=np.float64)
-    # Each coordinate's sum of squares over the block (the other coordinate repeats it).
-    moment = float(block * np.sum(coordinate.astype(np.float64) ** 2))
-    variances = (squares - along_rows**2 / moment - along_cols**2 / moment) / (block * block - 3)
-    low, high = float(data.min()), float(data.max())
-    block_min, block_max = blocks.min(axis=(1, 3)), blocks.max(axis=(1, 3))
+    grid = grid[::step, :, ::step, :]
+    blocks = np.ascontiguousarray(grid.transpose(0, 2, 1, 3), dtype=np.float32).reshape(-1, block * block)
+    low, high = np.float32(data.min()), np.float32(data.max())
+    block_min, block_max = blocks.min(axis=1), blocks.max(axis=1)
     # Clipped or saturated blocks spread less than the noise; a block without any spread (a
     # burnt-in label, padding) holds no noise to measure.
-    keep = (block_min > low) & (block_max < high) & (block_max > block_min)
-    return means[keep], np.maximum(variances[keep], 0.0)
+    blocks = blocks[(block_min > low) & (block_max < high) & (block_max > block_min)]
+    means = blocks.mean(axis=1, dtype=np.float64)
+    centred = blocks - means.astype(np.float32)[:, None]
+    coordinate = np.arange(block, dtype=np.float32) - (block - 1) / 2.0
+    along_rows = centred @ np.repeat(coordinate, block)  # y of each pixel, row-major in the block
+    along_cols = centred @ np.tile(coordinate, block)  # x of each pixel
+    squares = np.einsum("ij,ij->i", centred, centred, dtype=np.float64)
+    # Each coordinate's sum of squares over the block (the other coordinate repeats it).
+    moment = float(block * np.sum(coordinate.astype(np.float64) ** 2))
+    variances = (squares - along_rows.astype(np.float64) ** 2 / moment
+                 - along_cols.astype(np.float64) ** 2 / moment) / (block * block - 3)
+    return means, np.maximum(variances, 0.0)
 
 
 def _quiet_variance(variances: np.ndarray, percentile: float = QUIET_PERCENTILE) -> float:
