@@ -10,9 +10,22 @@ from collections.abc import Callable
 
 import numpy as np
 
-from app.imaging.intensity import NormalisationSpec, from_unit_range, to_unit_range, window_for
+from app.imaging.intensity import IntensityWindow, NormalisationSpec, from_unit_range, to_unit_range, window_for
 
 UnitPredictor = Callable[[np.ndarray], np.ndarray]  # (N, C, H, W) float32 -> (N, 1, H, W)
+
+
+def model_input(noisy: np.ndarray, normalisation: NormalisationSpec,
+                sigma: np.ndarray | float | None = None) -> tuple[np.ndarray, IntensityWindow]:
+    """(C, H, W) float32 as the service feeds a model, and the window used: the image in unit
+    range and, where ``sigma`` (the noise map in native units; a scalar is spread over the image)
+    is given, the map in the same unit range as channel 1."""
+    window = window_for(noisy, normalisation)
+    channels = [to_unit_range(noisy, window)]
+    if sigma is not None:
+        channels.append(np.broadcast_to(np.asarray(sigma, dtype=np.float32) / np.float32(window.width),
+                                        noisy.shape))
+    return np.stack(channels).astype(np.float32, copy=False), window
 
 
 def denoise_native(predict: UnitPredictor, noisy: np.ndarray, normalisation: NormalisationSpec,
@@ -22,12 +35,8 @@ def denoise_native(predict: UnitPredictor, noisy: np.ndarray, normalisation: Nor
     input and output are clipped at zero, as the service does."""
     if non_negative:
         noisy = np.maximum(noisy, 0.0)
-    window = window_for(noisy, normalisation)
-    channels = [to_unit_range(noisy, window)]
-    if sigma is not None:
-        channels.append(np.broadcast_to(np.asarray(sigma, dtype=np.float32) / np.float32(window.width),
-                                        noisy.shape).astype(np.float32))
-    denoised = from_unit_range(predict(np.stack(channels)[np.newaxis])[0, 0], window)
+    unit, window = model_input(noisy, normalisation, sigma)
+    denoised = from_unit_range(predict(unit[np.newaxis])[0, 0], window)
     if non_negative:
         np.maximum(denoised, 0.0, out=denoised)
     return denoised.astype(np.float32)

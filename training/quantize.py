@@ -35,7 +35,6 @@ import onnxruntime as ort
 from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                       quant_pre_process, quantize_static)
 
-from app.imaging.intensity import to_unit_range, window_for
 from app.inference.card import ModelCard, read_card, write_card
 from training.config import TrainConfig
 from training.data.prepare import load_manifest
@@ -43,7 +42,7 @@ from training.dataset import ValidationImage, validation_set
 from training.benchmark import ESTIMATED, ServedModel, config_from_card, model_denoise, score
 from training.variants import evaluate_variant, service_session, variant_comparison, variant_test_metrics
 from training.export import code_version, sha256_file
-from training.inference import onnx_predictor
+from training.inference import model_input, onnx_predictor
 
 log = logging.getLogger(__name__)
 
@@ -113,11 +112,8 @@ def calibration_inputs(prepared: Path, card: ModelCard, recipe: Recipe) -> tuple
 def calibration_input(image: ValidationImage, card: ModelCard) -> np.ndarray:
     """(1, C, H, W) as the service feeds the model: the image in unit range and, for a model
     conditioned on the noise level, the true noise map."""
-    window = window_for(image.noisy, card.normalisation)
-    channels = [to_unit_range(image.noisy, window)]
-    if card.noise_map is not None and image.sigma is not None:
-        channels.append(image.sigma / window.width)
-    return np.stack(channels)[np.newaxis].astype(np.float32)
+    sigma = image.sigma if card.noise_map is not None else None
+    return model_input(image.noisy, card.normalisation, sigma)[0][np.newaxis]
 
 
 def float_convs(model: onnx.ModelProto) -> list[str]:

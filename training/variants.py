@@ -18,12 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from app.imaging.intensity import to_unit_range, window_for
 from app.inference.card import ModelCard, read_card, write_card
 from training.benchmark import (ESTIMATED, NOISY_INPUT, ServedModel, _mean, config_from_card, fp32_model_dirs,
                                 held_out_images, model_denoise, score)
 from training.dataset import ValidationImage
-from training.inference import UnitPredictor, onnx_predictor
+from training.inference import UnitPredictor, model_input, onnx_predictor
 from training.report import card_levels
 
 log = logging.getLogger(__name__)
@@ -60,11 +59,8 @@ def alternating_latency_ms(predictors: dict[str, UnitPredictor], batch: np.ndarr
 def timing_input(image: ValidationImage, card: ModelCard, size: int) -> np.ndarray:
     """A (1, C, size, size) model input cut from a test image, mirrored out where the image is
     smaller: ONNX Runtime's time depends on the size, not on the content."""
-    window = window_for(image.noisy, card.normalisation)
-    channels = [to_unit_range(image.noisy, window)]
-    if card.noise_map is not None and image.sigma is not None:
-        channels.append((image.sigma / window.width).astype(np.float32))
-    stacked = np.stack(channels)
+    sigma = image.sigma if card.noise_map is not None else None
+    stacked = model_input(image.noisy, card.normalisation, sigma)[0]
     while min(stacked.shape[1:]) < size:
         stacked = np.pad(stacked, [(0, 0)] + [(0, max(0, min(size - n, n))) for n in stacked.shape[1:]],
                          mode="symmetric")

@@ -201,7 +201,9 @@ def parse_infer_request(body: bytes, header_length: str | None, contract: Tensor
     header, binary = _split(body, header_length, contract.max_json_bytes)
     inputs = header.get("inputs")
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
-        raise OipError(f"Send exactly one input, '{contract.input_name}' (FP32 [N, 1, H, W]).")
+        raise OipError(
+            f"Send exactly one input, '{contract.input_name}' (FP32 [N, {contract.input_channels}, H, W])."
+        )
     entry = inputs[0]
     if entry.get("name") != contract.input_name:
         raise OipError(f"Unknown input {entry.get('name')!r}; this model's input is '{contract.input_name}'.")

@@ -36,33 +36,40 @@ class NoiseEstimate:
     offset: float  # variance at zero signal
 
 
-def estimate_level(frame: np.ndarray, spec: NoiseMapSpec) -> NoiseLevel:
+def estimate_level(frame: np.ndarray, spec: NoiseMapSpec, robust_max: float | None = None) -> NoiseLevel:
+    """``robust_max``: the frame's 99.5th percentile, which a range of it needs (computed if not given)."""
     if spec.estimator == "signal_dependent":
         return estimate_signal_dependent(frame)
     signal_range = spec.signal_range
     if spec.signal_range_of_robust_max is not None:
-        robust_max = float(np.percentile(frame, ROBUST_MAX_PERCENTILE))
+        robust_max = _robust_max(frame) if robust_max is None else robust_max
         low, high = spec.signal_range_of_robust_max
         signal_range = (low * robust_max, high * robust_max)
     return estimate_constant_sigma(frame, signal_range)
 
 
-def reported_level(level: NoiseLevel, frame: np.ndarray, spec: NoiseMapSpec) -> float:
+def reported_level(level: NoiseLevel, frame: np.ndarray, spec: NoiseMapSpec, robust_max: float | None = None) -> float:
     if spec.estimator == "signal_dependent":
         return level.sigma_at(subsampled_median(frame))
     sigma = level.sigma_at(0.0)
     if spec.signal_range_of_robust_max is not None:
-        robust_max = float(np.percentile(frame, ROBUST_MAX_PERCENTILE))
+        robust_max = _robust_max(frame) if robust_max is None else robust_max
         return 100.0 * sigma / robust_max if robust_max > 0 else 0.0
     return sigma
 
 
+def _robust_max(frame: np.ndarray) -> float:
+    return float(np.percentile(frame, ROBUST_MAX_PERCENTILE))
+
+
 def noise_map(frame: np.ndarray, spec: NoiseMapSpec, strength: float) -> tuple[np.ndarray, NoiseEstimate]:
     """(map in the frame's units, float32; what was estimated) for one frame."""
-    level = estimate_level(frame, spec)
+    # The percentile is a pass over the frame: once, for both the estimate and the report.
+    robust_max = _robust_max(frame) if spec.signal_range_of_robust_max is not None else None
+    level = estimate_level(frame, spec, robust_max)
     sigma = level.sigma_map(frame)
     sigma *= np.float32(strength)
-    reported = reported_level(level, frame, spec)
+    reported = reported_level(level, frame, spec, robust_max)
     estimate = NoiseEstimate(level=reported, applied=reported * strength, strength=strength,
                              units=spec.level_units, gain=level.gain, offset=level.offset)
     return sigma, estimate

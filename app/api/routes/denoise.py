@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 from functools import partial
 from typing import Annotated
-
-import threading
 
 import anyio
 import anyio.to_thread
