@@ -43,6 +43,12 @@ class ImageTooLarge(DenoiseError):
     code = "image_too_large"
 
 
+class OverMemoryBudget(DenoiseError):
+    """The request would need more memory than the service's budget allows any one request."""
+
+    code = "over_memory_budget"
+
+
 class UnknownModality(DenoiseError):
     code = "unknown_modality"
 

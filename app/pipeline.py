@@ -21,21 +21,34 @@ import numpy as np
 
 from app.allocator import return_freed_memory
 from app.deadline import Deadline
-from app.errors import InvalidRequest, ModalityNotServed, UnknownModality
+from app.errors import ImageTooLarge, InvalidRequest, ModalityNotServed, UnknownModality
 from app.imaging import codec, dicom
 from app.imaging.dicom_derive import Provenance
-from app.imaging.image import Image
+from app.imaging.image import ADMIT_ANY, BeforeDecode, Image
 from app.inference.batcher import BatchObserver, Ticket
 from app.inference.card import Modality
 from app.inference.engine import Denoiser, PhaseTimer
 from app.inference.lanes import Lanes
 from app.inference.noise_map import summarise
 from app.inference.registry import LoadedModel, ModelRegistry
+from app.memory import MemoryBudget, MemoryGrant, default_budget_bytes, megabytes
 from app.quality import summary
 from app.quality.reference import reference_data_range
 from app.settings import Settings
 
 MetricsMode = Literal["none", "noref", "all"]
+
+# A request's own memory, per pixel, on top of the models' calls (measured: docs/BENCHMARKS.md,
+# "Memory per request"): for every pixel of the image, its float64 units, the float64 output and
+# the stored values decoded and encoded; for every pixel of the frame being denoised, its model
+# input with the noise map, the tiling's accumulators and the metrics' filters.
+IMAGE_BYTES_PER_PIXEL = 24
+FRAME_BYTES_PER_PIXEL = 32
+# A reference image: its float64 units, and the comparisons of the metrics, frame by frame.
+REFERENCE_BYTES_PER_PIXEL = 24
+# /v2: the output tensor (float32), and for a tensor tiled image by image, the accumulators.
+TENSOR_OUTPUT_BYTES_PER_PIXEL = 4
+TENSOR_TILING_BYTES_PER_PIXEL = 16
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +99,7 @@ class DenoisePipeline:
     batch_observer: BatchObserver | None = None
     denoisers: dict[str, Denoiser] = field(init=False)
     waiting: anyio.CapacityLimiter = field(init=False)
+    budget: MemoryBudget = field(init=False)
     # For code that calls a session itself instead of infer(); it does not share the batchers'
     # execution slots, so prefer infer().
     limiter: anyio.CapacityLimiter = field(init=False)
@@ -102,16 +116,57 @@ class DenoisePipeline:
         # decoding and encoding of anyio's default thread pool. The batch queue bounds them.
         self.waiting = anyio.CapacityLimiter(max(40, 2 * self.settings.batch_queue_tiles))
         self.limiter = anyio.CapacityLimiter(self.settings.max_concurrent_inferences)
+        self.budget = MemoryBudget(
+            self.settings.memory_budget_bytes or default_budget_bytes(),
+            reserved=self._models_working_memory(lanes, count),
+            wait_s=self.settings.admission_wait_s,
+        )
+        logger.info(
+            "memory budget %s: %s set aside for the models' calls, %s for requests",
+            megabytes(self.budget.total),
+            megabytes(self.budget.reserved),
+            megabytes(self.budget.capacity),
+        )
 
-    async def infer(self, model_id: str, batch: np.ndarray) -> tuple[np.ndarray, float]:
-        """Run a float32 (N, 1, H, W) batch in model units through the model's batcher.
+    def _models_working_memory(self, lanes: bool, count: int) -> int:
+        """The most the model calls that may run at once can take: on the CPU lanes, one call on
+        every core or one small tile on each core; else ``count`` calls of the largest size."""
+        if not self.denoisers:
+            return 0
+        wide = max(
+            d.model.call_memory.for_pixels(max(self.settings.call_pixels, d.plan.tile**2))
+            for d in self.denoisers.values()
+        )
+        if not lanes:
+            return count * wide
+        tile = min(self.settings.cpu_lane_max_tile_pixels, self.settings.call_pixels)
+        narrow = max(d.model.call_memory.for_pixels(tile) for d in self.denoisers.values())
+        return max(wide, count * narrow)
+
+    async def infer(
+        self, model_id: str, tensor: np.ndarray, deadline: Deadline | None = None
+    ) -> tuple[np.ndarray, float]:
+        """Run a float32 (N, C, H, W) tensor in model units through the model's batcher, in calls
+        the tile plan bounds (``Denoiser.run_tensor``), off the event loop.
 
         Returns the outputs and the seconds spent waiting for a batch; raises ``ServiceBusy``
-        when the queue is full.
+        when the queue is full, and stops between calls at the deadline or its cancellation.
         """
-        batcher = self.denoisers[model_id].batcher
-        batcher.check_capacity(int(batch.shape[0]))
-        return await anyio.to_thread.run_sync(batcher.submit, batch, limiter=self.waiting)
+        denoiser = self.denoisers[model_id]
+        denoiser.batcher.check_capacity()
+        deadline = deadline or Deadline(self.settings.request_timeout_s)
+
+        count, channels, rows, cols = tensor.shape
+        tiled = rows > denoiser.plan.tile or cols > denoiser.plan.tile
+        needed = count * rows * cols * TENSOR_OUTPUT_BYTES_PER_PIXEL
+        needed += rows * cols * (TENSOR_TILING_BYTES_PER_PIXEL + 4 * channels) if tiled else 0
+
+        def run() -> tuple[np.ndarray, float]:
+            with self.budget.grant(deadline) as grant, denoiser.batcher.expect() as ticket:
+                grant.take(needed, "The tensor")
+                return denoiser.run_tensor(tensor, ticket, deadline)
+
+        return await anyio.to_thread.run_sync(run, limiter=self.waiting)
 
     def queued_tiles(self) -> dict[str, int]:
         """Tiles waiting in each model's batch queue now."""
@@ -129,6 +184,11 @@ class DenoisePipeline:
                 f"{', '.join(self.registry.missing_provider)} did not get the {required} execution provider that "
                 f"DENOISE_REQUIRE_PROVIDER requires; see /v1/models and the start-up log for why."
             )
+        if self.denoisers and self.budget.capacity == 0:
+            return (
+                f"DENOISE_MEMORY_BUDGET_BYTES ({megabytes(self.budget.total)}) does not cover the models' working "
+                f"memory ({megabytes(self.budget.reserved)}); raise it, or lower DENOISE_MAX_CALL_PIXELS."
+            )
         stopped = self.stopped_models()
         if stopped:  # a bug stopped a model's inference worker: only a restart brings it back
             return f"The inference worker of {', '.join(stopped)} stopped on an internal error; restart the service."
@@ -141,14 +201,33 @@ class DenoisePipeline:
         for denoiser in self.denoisers.values():
             denoiser.close()
 
-    def _decode(self, data: bytes, request: DenoiseRequest, modality: Modality | None) -> Image:
+    def _decode(
+        self,
+        data: bytes,
+        request: DenoiseRequest,
+        modality: Modality | None,
+        before_decode: BeforeDecode = ADMIT_ANY,
+        max_pixels: int | None = None,
+    ) -> Image:
         return codec.decode(
             data,
             modality=modality,
-            max_pixels=self.settings.max_pixels,
+            max_pixels=max_pixels or self.settings.max_pixels,
             rescale_slope=request.rescale_slope,
             rescale_intercept=request.rescale_intercept,
+            before_decode=before_decode,
         )
+
+    @staticmethod
+    def _admission(request: DenoiseRequest, grant: MemoryGrant) -> BeforeDecode:
+        """Take the request's estimated memory from the budget once the header gives its size."""
+        reference = request.reference is not None and request.metrics != "none"
+
+        def admit(frames: int, frame_pixels: int) -> None:
+            per_pixel = IMAGE_BYTES_PER_PIXEL + (REFERENCE_BYTES_PER_PIXEL if reference else 0)
+            grant.take(frames * frame_pixels * per_pixel + frame_pixels * FRAME_BYTES_PER_PIXEL)
+
+        return admit
 
     def _choose_model(self, request: DenoiseRequest, image: Image) -> tuple[Modality, LoadedModel]:
         served = dicom.tags_of(self.registry.modalities())
@@ -202,7 +281,14 @@ class DenoisePipeline:
             )
         if request.reference is None or request.metrics == "none":
             return None
-        clean = self._decode(request.reference, request, image.modality)
+        try:  # admitted with the image, as large as it at most
+            clean = self._decode(request.reference, request, image.modality, max_pixels=image.pixel_count)
+        except ImageTooLarge as error:
+            raise InvalidRequest(
+                f"The reference has more pixels than the image ({image.pixel_count}); send the clean "
+                "version of the same image.",
+                code="reference_mismatch",
+            ) from error
         if clean.frames.shape != image.frames.shape:
             raise InvalidRequest(
                 f"The reference has shape {clean.frames.shape[1:]} x {clean.frames.shape[0]} "
@@ -254,17 +340,20 @@ class DenoisePipeline:
         return metrics, content, noise_level
 
     def _run(self, request: DenoiseRequest, labels: RequestLabels, deadline: Deadline) -> DenoiseOutcome:
-        outcome = self._denoise(request, labels, deadline)
+        with self.budget.grant(deadline) as grant:
+            outcome = self._denoise(request, labels, deadline, grant)
         # Here the request's arrays are freed; a large one's memory goes back to the kernel (the
         # allocator otherwise keeps it for the next request, app/allocator.py).
         if outcome.pixels >= self.settings.trim_after_pixels:
             return_freed_memory()
         return outcome
 
-    def _denoise(self, request: DenoiseRequest, labels: RequestLabels, deadline: Deadline) -> DenoiseOutcome:
+    def _denoise(
+        self, request: DenoiseRequest, labels: RequestLabels, deadline: Deadline, grant: MemoryGrant
+    ) -> DenoiseOutcome:
         timer = PhaseTimer()
         started = time.perf_counter()
-        image = self._decode(request.data, request, request.modality)
+        image = self._decode(request.data, request, request.modality, self._admission(request, grant))
         started = timer.add("decode", started)
         deadline.check()
         modality, model = self._choose_model(request, image)

@@ -103,7 +103,10 @@ class Settings(BaseSettings):
         "and encoding between calls",
     )
     ort_memory_arena: bool = Field(
-        default=True, description="ONNX Runtime's CPU memory arena (reuses buffers between calls)"
+        default=False,
+        description="ONNX Runtime's CPU memory arena: reuses buffers between calls, but keeps the "
+        "largest call's memory for good and grows past the working memory it was measured at "
+        "(docs/BENCHMARKS.md, \"Memory per request\")",
     )
     keep_freed_memory: bool = Field(
         default=True,
@@ -133,6 +136,19 @@ class Settings(BaseSettings):
         "cores, so running several at once only oversubscribes the CPU)",
     )
     max_upload_bytes: int = Field(default=256 * 1024 * 1024, ge=1024)
+    memory_budget_bytes: int | None = Field(
+        default=None,
+        ge=64 * 1024 * 1024,
+        description="memory the requests in progress and the models' calls may take on top of the "
+        "idle service; a request is admitted only when its estimate (from the image header) fits. "
+        "Default: half of the container's or machine's memory, at most 2 GiB",
+    )
+    admission_wait_s: float = Field(
+        default=10.0,
+        ge=0,
+        le=600,
+        description="longest a request waits for the memory budget before it is answered 503 with Retry-After",
+    )
     max_pixels: int = Field(default=100_000_000, ge=1, description="pixels per request, all frames together")
     trim_after_pixels: int = Field(
         default=4 * 1024 * 1024,
@@ -175,6 +191,14 @@ class Settings(BaseSettings):
         ge=1,
         le=256,
         description="most tiles (of one model and shape, from any requests) in one ONNX Runtime call",
+    )
+    max_call_pixels: int | None = Field(
+        default=None,
+        ge=64 * 64,
+        description="pixels in one model call (tiles x rows x cols, every request's tiles together); "
+        "a model's working memory grows with them (the U-Nets: 512 bytes a pixel on the CPU), so "
+        "this bounds it. Default: one tile of DENOISE_TILE_SIZE; a GPU node batching small tiles "
+        "may raise it",
     )
     batch_max_delay_ms: float = Field(
         default=10.0,
@@ -321,6 +345,11 @@ class Settings(BaseSettings):
         if self.batch_queue_tiles < max(self.tile_batch, self.batch_max_size):
             raise ValueError("batch_queue_tiles must hold at least tile_batch and batch_max_size tiles")
         return self
+
+    @property
+    def call_pixels(self) -> int:
+        """The most pixels one model call holds: ``max_call_pixels``, or one full tile."""
+        return self.max_call_pixels or self.tile_size * self.tile_size
 
     def requested_providers(self) -> tuple[ProviderName, ...] | None:
         """The providers named explicitly, in priority order; ``None`` for ``auto``."""

@@ -87,6 +87,10 @@ def decompress(body: bytes, encoding: str | None, max_bytes: int) -> bytes:
 # integer (quadratic time) before any check saw it.
 _MAX_NUMBER_CHARACTERS = 40
 _MAX_ID_CHARACTERS = 256
+_MIN_CONTAINERS = 64
+# A value in a JSON response is ~20 characters and, while encoded, a Python float of 32 bytes:
+# JSON output is for small tensors; larger ones ask for binary output.
+JSON_BYTES_PER_OUTPUT_VALUE = 16
 
 
 def _bounded_int(text: str) -> int:
@@ -126,6 +130,15 @@ def _split(body: bytes, header_length: str | None, max_json_bytes: int) -> tuple
             "Inference-Header-Content-Length), as tritonclient does with binary_data=True.",
             413,
             "upload_too_large",
+        )
+    # Every list or object is a Python object of 56 bytes or more, so one per 3 bytes ('[],')
+    # would make 16 MiB of JSON cost over a gigabyte. A tensor's nested data has at most one
+    # list per row of 4 values (W is a multiple of 4, each value 2 bytes or more): one per 8 bytes.
+    containers = json_part.count(b"[") + json_part.count(b"{")
+    if containers > max(_MIN_CONTAINERS, len(json_part) // 8):
+        raise OipError(
+            f"The request's JSON holds {containers} lists and objects in {len(json_part)} bytes, more "
+            "than any tensor needs; send the data as a flat list, or as binary tensor data."
         )
     try:
         header = json.loads(json_part, parse_int=_bounded_int, parse_constant=_no_constant)
@@ -218,10 +231,20 @@ def parse_infer_request(body: bytes, header_length: str | None, contract: Tensor
     request_id = header.get("id")
     if request_id is not None and (not isinstance(request_id, str) or len(request_id) > _MAX_ID_CHARACTERS):
         raise OipError(f"'id' must be a string of at most {_MAX_ID_CHARACTERS} characters.")
+    binary_output = _binary_output(header, contract)
+    output_values = shape[0] * shape[2] * shape[3]
+    if not binary_output and output_values * JSON_BYTES_PER_OUTPUT_VALUE > contract.max_json_bytes:
+        raise OipError(
+            f"The output would have {output_values} values, too many to answer as JSON here (at most "
+            f"{contract.max_json_bytes // JSON_BYTES_PER_OUTPUT_VALUE}); ask for binary output "
+            "(the output's parameter binary_data: true, as tritonclient does with binary_data=True).",
+            413,
+            "json_output_too_large",
+        )
     return InferRequest(
         tensor=np.ascontiguousarray(tensor),
         request_id=str(request_id) if request_id is not None else None,
-        binary_output=_binary_output(header, contract),
+        binary_output=binary_output,
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from app.errors import InvalidImage, InvalidRequest, UnsupportedImage
 from app.imaging import dicom, png
 from app.imaging.dicom_derive import Provenance
-from app.imaging.image import Image, ImageFormat
+from app.imaging.image import ADMIT_ANY, BeforeDecode, Image, ImageFormat
 from app.inference.card import Modality
 
 # Formats recognised only to refuse them with a useful message (415) rather than "not an image".
@@ -49,7 +49,9 @@ def decode(
     max_pixels: int,
     rescale_slope: float | None = None,
     rescale_intercept: float | None = None,
+    before_decode: BeforeDecode = ADMIT_ANY,
 ) -> Image:
+    """``before_decode`` gets the pixel count once the header is read, before the pixels are."""
     kind = sniff(data)
     if kind == "dicom":
         if rescale_slope is not None or rescale_intercept is not None:
@@ -58,8 +60,8 @@ def decode(
                 "its own Rescale Slope and Intercept. Leave them out.",
                 code="rescale_not_applicable",
             )
-        return dicom.decode(data, modality, max_pixels)
-    return png.decode(data, modality, max_pixels, rescale_slope, rescale_intercept)
+        return dicom.decode(data, modality, max_pixels, before_decode)
+    return png.decode(data, modality, max_pixels, rescale_slope, rescale_intercept, before_decode)
 
 
 def encode(image: Image, provenance: Provenance) -> bytes:

@@ -47,7 +47,7 @@ from app.imaging import dicom_checks, dicom_derive, dicom_writer
 from app.imaging.dicom_checks import READ_ERRORS, PixelLayout
 from app.imaging.dicom_derive import LossyCompression, Provenance
 from app.imaging.dicom_lut import ModalityLUT, invert_monochrome1, modality_luts, units_name
-from app.imaging.image import UNITS_LIMIT, Image, StoredRange, within_units_limit
+from app.imaging.image import ADMIT_ANY, UNITS_LIMIT, BeforeDecode, Image, StoredRange, within_units_limit
 from app.inference.card import Modality
 
 MEDIA_TYPE = "application/dicom"
@@ -274,7 +274,9 @@ def _elements_as_read(ds: Dataset) -> dict[BaseTag, RawDataElement]:
     }
 
 
-def decode(data: bytes, modality: Modality | None, max_pixels: int) -> Image:
+def decode(
+    data: bytes, modality: Modality | None, max_pixels: int, before_decode: BeforeDecode = ADMIT_ANY
+) -> Image:
     ds = _read(data, max_pixels)
     as_read = _elements_as_read(ds)
     layout = dicom_checks.pixel_layout(ds)
@@ -286,6 +288,7 @@ def decode(data: bytes, modality: Modality | None, max_pixels: int) -> Image:
         )
     modality = modality or modality_of(ds)
     luts, units = _modality_luts(ds, layout, _UNITS[modality] if modality else "stored value")
+    before_decode(layout.frames, layout.rows * layout.columns)
     stored_values = _decode_pixels(ds, layout)
     frames = _per_frame(luts, stored_values, ModalityLUT.to_units)
     photometric = str(ds.PhotometricInterpretation).upper()

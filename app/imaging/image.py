@@ -8,6 +8,7 @@ way (bit depth, signedness, rescale, DICOM header) in ``meta``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any, Literal
 
 import numpy as np
@@ -16,6 +17,16 @@ from app.imaging.blocks import in_row_blocks
 from app.inference.card import Modality
 
 ImageFormat = Literal["png", "dicom"]
+# Called with the image's frame count and pixels per frame once its header is read and before any
+# pixel is decoded: the service admits the request against its memory budget there (app/memory.py).
+BeforeDecode = Callable[[int, int], None]
+
+
+def _nothing(frames: int, frame_pixels: int) -> None:
+    return None
+
+
+ADMIT_ANY: BeforeDecode = _nothing
 
 # The largest magnitude of a pixel in units the service accepts. No modality comes near it (CT
 # spans thousands of HU, MR and X-ray stored values at most 2^32), and below it every sum,

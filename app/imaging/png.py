@@ -20,7 +20,7 @@ import numpy as np
 
 from app.errors import ImageTooLarge, InvalidImage, InvalidRequest, UnsupportedImage
 from app.imaging import png_reader, png_writer
-from app.imaging.image import UNITS_LIMIT, Image, StoredRange, within_units_limit
+from app.imaging.image import ADMIT_ANY, UNITS_LIMIT, BeforeDecode, Image, StoredRange, within_units_limit
 from app.inference.card import Modality
 
 PNG_SIGNATURE = png_writer.SIGNATURE
@@ -86,6 +86,7 @@ def decode(
     max_pixels: int,
     rescale_slope: float | None = None,
     rescale_intercept: float | None = None,
+    before_decode: BeforeDecode = ADMIT_ANY,
 ) -> Image:
     if modality is None:
         raise InvalidRequest(
@@ -104,6 +105,7 @@ def decode(
             f"{max_pixels}; crop or downsample it."
         )
     stored, units = _stored_range(modality, bit_depth, rescale_slope, rescale_intercept)
+    before_decode(1, width * height)
     pixels = png_reader.decode_grayscale(data, width, height, bit_depth)
     if pixels is None:  # not in the fast path's plain shape: OpenCV reads it, and decides errors
         pixels = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)

@@ -85,6 +85,10 @@ class _Item:
     def shape(self) -> tuple[int, ...]:
         return tuple(self.inputs.shape[1:])
 
+    @property
+    def pixels(self) -> int:
+        return self.tiles * int(self.inputs.shape[-2]) * int(self.inputs.shape[-1])
+
 
 class MicroBatcher:
     def __init__(
@@ -95,13 +99,15 @@ class MicroBatcher:
         max_batch: int,
         max_delay_s: float,
         max_queue: int,
+        max_pixels: int | None = None,
         execution: Lanes | None = None,
         wide_lanes: int = 1,
         run_narrow: RunFunction | None = None,
         narrow_max_tile_pixels: int | None = None,
         observer: BatchObserver | None = None,
     ) -> None:
-        """``execution`` is shared by every batcher; a call on every core takes ``wide_lanes`` of
+        """A batch holds at most ``max_batch`` tiles and, when given, ``max_pixels`` pixels (a
+        single larger submission still runs, alone). ``execution`` is shared by every batcher; a call on every core takes ``wide_lanes`` of
         it, a ``run_narrow`` call (one thread) one lane, for tiles of at most
         ``narrow_max_tile_pixels`` (larger ones always run on every core)."""
         if max_batch < 1 or max_queue < 1 or max_delay_s < 0:
@@ -110,6 +116,7 @@ class MicroBatcher:
         self.max_batch = max_batch
         self.max_delay_s = max_delay_s
         self.max_queue = max_queue
+        self.max_pixels = max_pixels
         self._run = run
         self._execution = execution or Lanes(1)
         self._wide_lanes = wide_lanes
@@ -249,20 +256,33 @@ class MicroBatcher:
     # -- collector -------------------------------------------------------------------------
 
     def _take(self, batch: list[_Item]) -> None:
-        """Move queued items of the batch's shape into ``batch``, oldest first, up to max_batch."""
+        """Move queued items of the batch's shape into ``batch``, oldest first, up to max_batch
+        tiles and max_pixels pixels."""
         shape = batch[0].shape if batch else self._queue[0].shape
         tiles = sum(i.tiles for i in batch)
+        pixels = sum(i.pixels for i in batch)
+        max_pixels = self.max_pixels if self.max_pixels is not None else math.inf
         for item in list(self._queue):
             if item.shape != shape:
                 continue
-            if batch and tiles + item.tiles > self.max_batch:
+            if batch and (tiles + item.tiles > self.max_batch or pixels + item.pixels > max_pixels):
                 break
             self._queue.remove(item)
             self._queued_tiles -= item.tiles
             batch.append(item)
             tiles += item.tiles
-            if tiles >= self.max_batch:
+            pixels += item.pixels
+            if tiles >= self.max_batch or pixels >= max_pixels:
                 break
+
+    def _full(self, batch: list[_Item]) -> bool:
+        """Whether not even one more tile of the batch's shape fits."""
+        if sum(i.tiles for i in batch) >= self.max_batch:
+            return True
+        if self.max_pixels is None:
+            return False
+        tile_pixels = batch[0].pixels // batch[0].tiles
+        return sum(i.pixels for i in batch) + tile_pixels > self.max_pixels
 
     def _collect(self) -> list[_Item] | None:
         """The next batch, registered in ``_in_hand``; None once closed and drained, or stopped."""
@@ -284,7 +304,7 @@ class MicroBatcher:
             deadline = self._queue[0].enqueued + self.max_delay_s
             while True:
                 self._take(batch)
-                full = sum(i.tiles for i in batch) >= self.max_batch
+                full = self._full(batch)
                 remaining = deadline - time.perf_counter()
                 if full or self._preparing == 0 or remaining <= 0 or self._closed:
                     return batch

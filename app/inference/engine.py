@@ -63,11 +63,13 @@ class Denoiser:
             blend=settings.tile_overlap,
             multiple=card.spatial_multiple,
             batch=settings.tile_batch,
+            max_call_pixels=settings.call_pixels,
         )
         self.batcher = MicroBatcher(
             card.id,
             self.run_model,
             max_batch=settings.batch_max_size,
+            max_pixels=settings.call_pixels,
             max_delay_s=settings.batch_max_delay_ms / 1000,
             max_queue=settings.batch_queue_tiles,
             execution=execution,
@@ -164,6 +166,34 @@ class Denoiser:
                 np.maximum(denoised[index], 0.0, out=denoised[index])
             timer.add("postprocess", started)
         return denoised, estimates
+
+    def run_tensor(
+        self, tensor: np.ndarray, ticket: Ticket | None = None, deadline: Deadline | None = None
+    ) -> tuple[np.ndarray, float]:
+        """The model on a float32 (N, C, H, W) tensor already in its units (the Open Inference
+        Protocol's input), in calls no larger than the tile plan allows: images up to a tile
+        go several to a call, larger ones in blended tiles. Returns the (N, 1, H, W) output and the
+        seconds spent queued. ``deadline`` is checked before every call."""
+        deadline = deadline or no_deadline()
+        count, _, rows, cols = tensor.shape
+        output = np.empty((count, 1, rows, cols), dtype=np.float32)
+        queued = 0.0
+
+        def run_batch(batch: np.ndarray) -> np.ndarray:
+            nonlocal queued
+            deadline.check()
+            outputs, waited = self.batcher.submit(np.ascontiguousarray(batch), ticket)
+            queued += waited
+            return outputs
+
+        if rows <= self.plan.tile and cols <= self.plan.tile:
+            per_call = self.plan.tiles_per_call(rows, cols)
+            for first in range(0, count, per_call):
+                output[first : first + per_call] = run_batch(tensor[first : first + per_call])
+        else:
+            for index in range(count):
+                output[index, 0] = run_tiled(tensor[index], run_batch, self.plan)
+        return output, queued
 
     def close(self) -> None:
         self.batcher.close()

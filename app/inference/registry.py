@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import onnxruntime as ort
@@ -23,6 +23,7 @@ from pydantic import ValidationError
 
 from app.errors import ModelNotFound, ModelUnavailable
 from app.inference.card import CARD_FILENAME, Modality, ModelCard, read_card
+from app.inference.working_memory import ASSUMED_BYTES_PER_PIXEL, CallMemory, measure, probe_side
 from app.settings import PROVIDER_ORDER, ProviderName, Settings
 
 logger = logging.getLogger(__name__)
@@ -44,6 +45,8 @@ class LoadedModel:
     # The same model on one CPU thread, for the CPU lanes (app/inference/lanes.py); None on a GPU
     # or with the lanes off.
     one_thread_session: ort.InferenceSession | None = None
+    # Working memory of one model call, measured at start-up (app/inference/working_memory.py).
+    call_memory: CallMemory = CallMemory(0.0, ASSUMED_BYTES_PER_PIXEL, measured=False)
 
     @property
     def execution_provider(self) -> str:
@@ -275,6 +278,7 @@ def load_registry(settings: Settings) -> ModelRegistry:
         registry.unserved.append(UnservedModel(str(root), "the models folder does not exist"))
         return registry
     card_dirs = sorted(p.parent for p in root.rglob(CARD_FILENAME))
+    measured: dict[tuple[object, ...], CallMemory] = {}
     for onnx_path in sorted(root.rglob("*.onnx")):
         if not (onnx_path.parent / CARD_FILENAME).is_file():
             registry.unserved.append(
@@ -307,12 +311,43 @@ def load_registry(settings: Settings) -> ModelRegistry:
             registry.unserved.append(UnservedModel(relative, reason, model.card.id))
             registry.missing_provider.append(model.card.id)
             continue
+        model = replace(model, call_memory=_call_memory(model, settings, measured))
         registry.models[model.card.id] = model
         _report(model, providers)
     for item in registry.unserved:
         logger.warning("model %s not served: %s", item.path, item.reason)
     _warn_defaults(registry)
     return registry
+
+
+def _call_memory(
+    model: LoadedModel, settings: Settings, measured: dict[tuple[object, ...], CallMemory]
+) -> CallMemory:
+    """The model's working memory per call, measured once per network shape: the three U-Nets
+    differ only in their weights, and one measurement of a full tile takes a second on a CPU."""
+    card = model.card
+    key = (card.architecture, card.parameters, card.input.channels, model.execution_provider)
+    if key not in measured:
+        side = probe_side(settings.call_pixels, card.spatial_multiple * 16)
+
+        def run(batch: object) -> object:
+            return model.session.run([card.output.name], {card.input.name: batch})
+
+        try:
+            measured[key] = measure(run, card.input.channels, side)
+        except Exception as error:  # a model that fails here fails on requests too; not here
+            logger.warning("model %s: working memory not measured (%s)", card.id, type(error).__name__)
+            measured[key] = CallMemory(0.0, ASSUMED_BYTES_PER_PIXEL, measured=False)
+        memory = measured[key]
+        logger.info(
+            "model %s: %.0f bytes of working memory a pixel (%s), %.0f MB for a call of %d pixels",
+            card.id,
+            memory.per_pixel,
+            "measured on a %d x %d input" % (side, side) if memory.measured else "assumed: not measurable here",
+            memory.for_pixels(settings.call_pixels) / 1e6,
+            settings.call_pixels,
+        )
+    return measured[key]
 
 
 def _warn_defaults(registry: ModelRegistry) -> None:

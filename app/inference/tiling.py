@@ -17,8 +17,8 @@ The plan, for one axis of length ``n`` (reflect-padded to a multiple of the grid
 * the output is the weighted sum divided by the sum of weights, so tiles that overlap more than
   the minimum (the last one is shifted back to end at the border) still average correctly.
 
-Memory stays bounded: at most ``batch`` tiles are in flight, plus two float32 accumulators of
-the image's size.
+Memory stays bounded: at most ``batch`` tiles, and no more than ``max_call_pixels`` pixels, are
+in flight, plus two float32 accumulators of the image's size.
 """
 
 from __future__ import annotations
@@ -42,6 +42,10 @@ class TilePlan:
     blend: int  # raised-cosine ramp length after the margin
     multiple: int  # the card's spatial_multiple: H and W the model accepts
     batch: int = 4
+    # Pixels one model call may hold (tiles x rows x cols). A model's working memory grows with
+    # them (the U-Nets: 512 bytes a pixel on the CPU, docs/BENCHMARKS.md), so this bounds it; a
+    # single tile larger than this still runs, alone.
+    max_call_pixels: int | None = None
 
     @property
     def grid(self) -> int:
@@ -49,7 +53,13 @@ class TilePlan:
 
     @classmethod
     def for_model(
-        cls, tile_size: int, receptive_field: int, blend: int, multiple: int, batch: int
+        cls,
+        tile_size: int,
+        receptive_field: int,
+        blend: int,
+        multiple: int,
+        batch: int,
+        max_call_pixels: int | None = None,
     ) -> TilePlan:
         """A plan honouring the model's needs; the tile grows if the margins would not fit."""
         margin = math.ceil(receptive_field / 2)
@@ -57,7 +67,14 @@ class TilePlan:
         grid = math.lcm(multiple, TILE_GRID)
         # A stride (tile - overlap) of at least half a tile and at least one grid step.
         tile = max(tile_size, 2 * overlap, overlap + grid)
-        return cls(round_up(tile, grid), margin, blend, multiple, batch)
+        return cls(round_up(tile, grid), margin, blend, multiple, batch, max_call_pixels)
+
+    def tiles_per_call(self, rows: int, cols: int) -> int:
+        """How many tiles of ``rows x cols`` go to the model together: ``batch``, fewer where
+        they would pass ``max_call_pixels``, at least one."""
+        if self.max_call_pixels is None:
+            return self.batch
+        return max(1, min(self.batch, self.max_call_pixels // (rows * cols)))
 
     @property
     def overlap(self) -> int:
@@ -157,7 +174,7 @@ def run_tiled(image: np.ndarray, run_batch: BatchFunction, plan: TilePlan) -> np
     accumulated = np.zeros((total_rows, total_cols), dtype=np.float32)
     weight_sum = np.zeros_like(accumulated)
     positions = [(r, c) for r in row_starts for c in col_starts]
-    for group in _batches(positions, plan.batch):
+    for group in _batches(positions, plan.tiles_per_call(tile_rows, tile_cols)):
         batch = np.stack([padded[:, r : r + tile_rows, c : c + tile_cols] for r, c in group])
         outputs = run_batch(batch)
         if outputs.shape != (len(group), 1, tile_rows, tile_cols):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 from functools import partial
 from typing import Annotated
 
@@ -12,6 +11,7 @@ import anyio
 import anyio.to_thread
 from fastapi import APIRouter, File, Form, Header, Request, Response, UploadFile
 
+from app.api.cancellation import run_until_done_or_gone
 from app.api.deps import PipelineDep, SettingsDep, TelemetryDep
 from app.api.form_body import FormBodyRoute
 from app.api.schemas import DATA_RANGE_DOC, PNG_UNITS_DOC, RETRY_AFTER, DenoiseJSONResponse, ErrorResponse
@@ -19,7 +19,7 @@ from app.deadline import Deadline
 from app.imaging import codec, preview
 from app.imaging.codec import FILE_SUFFIXES
 from app.inference.card import Modality
-from app.pipeline import DenoiseOutcome, DenoisePipeline, DenoiseRequest, MetricsMode, RequestLabels
+from app.pipeline import DenoiseOutcome, DenoiseRequest, MetricsMode, RequestLabels
 
 router = APIRouter(tags=["denoise"], route_class=FormBodyRoute)
 
@@ -27,7 +27,9 @@ _ERRORS = {
     400: "invalid_image: not an image, empty, truncated or corrupt, or a header that contradicts its data",
     413: (
         "upload_too_large: more bytes than DENOISE_MAX_UPLOAD_BYTES; image_too_large: more pixels "
-        "than DENOISE_MAX_PIXELS (from the header, before decoding)"
+        "than DENOISE_MAX_PIXELS (from the header, before decoding); over_memory_budget: more memory "
+        "to process than DENOISE_MEMORY_BUDGET_BYTES can ever give one request (estimated from the "
+        "header, before decoding)"
     ),
     415: (
         "unsupported_image: colour, palette, JPEG/TIFF/GIF/BMP/WebP, unsupported bit depth or transfer syntax"
@@ -39,13 +41,11 @@ _ERRORS = {
     500: "inference_failed: the model failed on this input; quote the request id when reporting it",
     503: (
         "model_unavailable: no loaded model can serve this modality; service_busy: the model's "
-        "queue is full, retry after Retry-After seconds"
+        "queue is full, or the memory budget stayed full for DENOISE_ADMISSION_WAIT_S; retry after "
+        "Retry-After seconds"
     ),
     504: "request_timeout: the work passed DENOISE_REQUEST_TIMEOUT_S and was stopped",
 }
-# Waiting on the ASGI receive for a disconnect cost 6-7 ms of every request (docs/BENCHMARKS.md);
-# a request that ends sooner than this never starts to watch.
-WATCH_AFTER_S = 0.5
 MODEL_NAME_LENGTH = 128  # ids and architectures are short; a longer name is never a model
 _IMAGE_CONTENT = {
     "image/png": {"schema": {"type": "string", "format": "binary"}},
@@ -66,35 +66,6 @@ _HEADERS = {
     "X-Execution-Provider": {"description": "ONNX Runtime provider used", "schema": {"type": "string"}},
     "Server-Timing": {"description": "milliseconds per phase", "schema": {"type": "string"}},
 }
-
-
-async def _cancel_on_disconnect(request: Request, cancelled: threading.Event) -> None:
-    """The body is read: the next ASGI message is the client's disconnect (or the answer sent)."""
-    await anyio.sleep(WATCH_AFTER_S)
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            cancelled.set()
-            return
-
-
-async def _run_until_done_or_gone(
-    request: Request, pipeline: DenoisePipeline, job: DenoiseRequest, labels: RequestLabels, deadline: Deadline
-) -> DenoiseOutcome:
-    """The pipeline with ``deadline``, whose cancellation is set when the client disconnects, so
-    the worker thread stops within a frame or a tile batch instead of finishing for nobody."""
-    failure: Exception | None = None
-    async with anyio.create_task_group() as group:
-        group.start_soon(_cancel_on_disconnect, request, deadline.cancelled)
-        try:
-            outcome = await pipeline.run(job, labels, deadline)
-        except Exception as error:  # raised after the group, so it is not wrapped in a group
-            failure = error
-        finally:
-            group.cancel_scope.cancel()
-    if failure is not None:
-        raise failure
-    return outcome
 
 
 def _json_header(metrics: dict[str, object]) -> str:
@@ -189,7 +160,7 @@ async def denoise(
         rescale_intercept=rescale_intercept,
     )
     deadline = Deadline(settings.request_timeout_s)
-    outcome = await _run_until_done_or_gone(request, pipeline, job, labels, deadline)
+    outcome = await run_until_done_or_gone(request, partial(pipeline.run, job, labels, deadline), deadline)
     telemetry.observe_phases(outcome.seconds, labels.modality, labels.model)
     telemetry.pixels.labels(labels.modality, labels.model).inc(outcome.pixels)
 

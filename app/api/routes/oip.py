@@ -3,8 +3,10 @@
 ``tritonclient[http]`` and other KServe v2 clients call the served models directly: model name =
 model id (``ct-unet``), version ``1``, one FP32 input and one FP32 output of shape [N, 1, H, W]
 named as in the card (``noisy`` -> ``denoised``), values in the model's [0, 1] range, i.e. after the
-card's normalisation. No decoding, tiling or metrics happen here; ``/v1/denoise`` does those. The
-model runs off the event loop in the model's micro-batcher, with the tiles of ``/v1/denoise``.
+card's normalisation. No decoding, normalisation or metrics happen here; ``/v1/denoise`` does
+those. The model runs off the event loop in the model's micro-batcher, with the tiles of
+``/v1/denoise`` and in calls no larger than theirs: a tensor larger than a tile is run in blended
+tiles (as ``/v1/denoise`` runs an image), so its working memory stays that of one call.
 
 Errors follow the protocol's shape, ``{"error": "<message>"}``.
 """
@@ -13,12 +15,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Annotated, Any
 
 import anyio.to_thread
 from fastapi import APIRouter, Path, Request, Response
 from fastapi.responses import JSONResponse
 
+from app.api.cancellation import run_until_done_or_gone
 from app.api.deps import PipelineDep, RegistryDep, SettingsDep, TelemetryDep
 from app.api.oip_protocol import (
     DATATYPE,
@@ -42,7 +46,9 @@ from app.api.schemas import (
     ServerMetadataResponse,
     ServerReadyResponse,
 )
-from app.errors import InferenceFailed, ServiceBusy
+from app.api.errors import status_of
+from app.deadline import Deadline
+from app.errors import DenoiseError, ServiceBusy
 from app.imaging.dicom_derive import SOFTWARE_NAME, SOFTWARE_VERSION
 from app.inference.registry import LoadedModel, ModelRegistry
 from app.pipeline import RequestLabels
@@ -92,7 +98,9 @@ _INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
     },
     413: {
         "model": OipErrorResponse,
-        "description": "more bytes than DENOISE_MAX_UPLOAD_BYTES, or more pixels than DENOISE_MAX_PIXELS",
+        "description": "more bytes than DENOISE_MAX_UPLOAD_BYTES (or DENOISE_MAX_JSON_BYTES of JSON), more "
+        "pixels than DENOISE_MAX_PIXELS, or an output too large for JSON (json_output_too_large: ask "
+        "for binary output)",
     },
     415: {
         "model": OipErrorResponse,
@@ -112,6 +120,10 @@ _INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
         "model": OipErrorResponse,
         "description": "the model is not served, or its queue is full (service_busy: see Retry-After)",
         "headers": RETRY_AFTER,
+    },
+    504: {
+        "model": OipErrorResponse,
+        "description": "request_timeout: the work passed DENOISE_REQUEST_TIMEOUT_S and was stopped",
     },
 }
 _INFER_REQUEST = {
@@ -271,12 +283,14 @@ async def infer(
             parse_infer_request, body, request.headers.get(HEADER_LENGTH), contract
         )
         started = time.perf_counter()
+        deadline = Deadline(settings.request_timeout_s)
         try:  # the model's micro-batcher: shares calls with /v1/denoise tiles of the same shape
-            output, queued = await pipeline.infer(card.id, job.tensor)
-        except ServiceBusy as busy:
-            raise OipError(busy.detail, 503, busy.code, {"Retry-After": str(busy.retry_after_s)}) from busy
-        except InferenceFailed as failed:  # the protocol's error shape, not /v1's
-            raise OipError(failed.detail, 500, failed.code) from failed
+            output, queued = await run_until_done_or_gone(
+                request, partial(pipeline.infer, card.id, job.tensor, deadline), deadline
+            )
+        except DenoiseError as error:  # busy, timed out, client gone, model failed: this shape
+            headers = {"Retry-After": str(error.retry_after_s)} if isinstance(error, ServiceBusy) else None
+            raise OipError(error.detail, status_of(error), error.code, headers) from error
         seconds = time.perf_counter() - started
         content, headers = await anyio.to_thread.run_sync(
             encode_infer_response, card.id, MODEL_VERSION, card.output.name, output, job

@@ -186,7 +186,9 @@ def _input(**changes: object) -> dict[str, object]:
         (b'{"inputs": [{"data": [' + b"9" * 5000 + b"]}]}", {}, 400, "over 40 digits"),
         (b'{"inputs": [{"shape": [1, 1, ' + b"9" * 5000 + b", 8]}]}", {}, 400, "over 40 digits"),
         (b'{"inputs": [{"data": [NaN]}]}', {}, 400, "NaN or Infinity"),
-        (b'{"inputs": ' + b"[" * 5000 + b"]" * 5000 + b"}", {}, 400, "nested too deeply"),
+        (b'{"inputs": ' + b"[" * 5000 + b"]" * 5000 + b"}", {}, 400, "more than any tensor needs"),
+        (b'{"inputs": [' + b"[]," * 100_000 + b"[]]}", {}, 400, "more than any tensor needs"),
+        (b'{"a": ' + b"[" * 50 + b"1" * 30 + b"]" * 50 + b"}", {}, 400, "exactly one input"),
         ({**_input(), "id": {"a": 1}}, {}, 400, "'id' must be a string"),
     ],
 )
@@ -224,7 +226,7 @@ def test_unknown_model_and_version(client: TestClient) -> None:
 def test_a_full_queue_answers_503_with_retry_after(
     client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async def busy(model_id: str, batch: np.ndarray) -> tuple[np.ndarray, float]:
+    async def busy(model_id: str, batch: np.ndarray, deadline: object = None) -> tuple[np.ndarray, float]:
         raise ServiceBusy("The inference queue for model 'ct-unet' is full.", retry_after_s=3)
 
     monkeypatch.setattr(client.app.state.pipeline, "infer", busy)
@@ -254,3 +256,68 @@ def test_json_over_its_own_limit_is_413_with_the_binary_alternative(tmp_path: Pa
         response = small.post("/v2/models/ct-unet/infer", content=json.dumps(_input(data=[0.123456] * 64 * 16,
                                                                                     shape=[1, 1, 32, 32])))
     assert response.status_code == 413 and "binary" in response.json()["error"]
+
+
+def _binary_request(tensor: np.ndarray, binary_output: bool = True) -> tuple[bytes, dict[str, str]]:
+    head = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "noisy",
+                    "datatype": "FP32",
+                    "shape": list(tensor.shape),
+                    "parameters": {"binary_data_size": tensor.nbytes},
+                }
+            ],
+            "parameters": {"binary_data_output": binary_output},
+        }
+    ).encode()
+    return head + tensor.tobytes(), {"Inference-Header-Content-Length": str(len(head))}
+
+
+def _binary_output(response) -> np.ndarray:  # type: ignore[no-untyped-def]
+    length = int(response.headers["inference-header-content-length"])
+    shape = json.loads(response.content[:length])["outputs"][0]["shape"]
+    return np.frombuffer(response.content[length:], dtype="<f4").reshape(shape)
+
+
+def test_a_tensor_larger_than_a_tile_runs_tiled_with_the_same_result(tmp_path: Path) -> None:
+    from app.main import create_app
+    from app.settings import Settings
+    from tests.tiny_models import write_model_set
+
+    settings = Settings(models_dir=write_model_set(tmp_path), intra_op_threads=1, tile_size=64, tile_overlap=8)
+    tensor = noisy_batch(2, 200, 160)
+    body, headers = _binary_request(tensor)
+    with TestClient(create_app(settings)) as small:
+        response = small.post("/v2/models/mr-unet/infer", content=body, headers=headers)
+    assert response.status_code == 200
+    np.testing.assert_allclose(_binary_output(response), mean_3x3(tensor), atol=1e-6)
+
+
+def test_json_output_for_a_large_tensor_is_413_with_the_binary_alternative(tmp_path: Path) -> None:
+    from app.main import create_app
+    from app.settings import Settings
+    from tests.tiny_models import write_model_set
+
+    settings = Settings(models_dir=write_model_set(tmp_path), intra_op_threads=1, max_json_bytes=4096)
+    tensor = noisy_batch(1, 32, 32)  # 1024 values: 16 KiB of JSON
+    with TestClient(create_app(settings)) as small:
+        refused = small.post("/v2/models/mr-unet/infer", content=_binary_request(tensor, False)[0],
+                             headers=_binary_request(tensor, False)[1])
+        binary = small.post("/v2/models/mr-unet/infer", content=_binary_request(tensor)[0],
+                            headers=_binary_request(tensor)[1])
+    assert refused.status_code == 413 and "binary_data" in refused.json()["error"]
+    assert binary.status_code == 200
+
+
+def test_a_tensor_over_the_deadline_is_504_in_the_protocol_shape(tmp_path: Path) -> None:
+    from app.main import create_app
+    from app.settings import Settings
+    from tests.tiny_models import write_model_set
+
+    settings = Settings(models_dir=write_model_set(tmp_path), intra_op_threads=1, request_timeout_s=1e-9)
+    body, headers = _binary_request(noisy_batch(1, 32, 32))
+    with TestClient(create_app(settings)) as small:
+        response = small.post("/v2/models/mr-unet/infer", content=body, headers=headers)
+    assert response.status_code == 504 and "DENOISE_REQUEST_TIMEOUT_S" in response.json()["error"]

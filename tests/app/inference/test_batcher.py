@@ -149,6 +149,24 @@ def test_batches_never_mix_tile_shapes_or_exceed_the_maximum(
     assert [o.shape for o in outputs] == [(1, 1, 8, 8), *[(2, 1, 8, 8)] * 3, (1, 1, 16, 16)]
 
 
+def test_batches_stay_within_their_pixel_cap(make_batcher: Callable[..., MicroBatcher]) -> None:
+    """The cap bounds a call's working memory: three 2-tile submissions of 8 x 8 under a cap of
+    3 tiles go one to a call; a single submission above the cap still runs, alone."""
+    model = GatedModel()
+    batcher = make_batcher(model, max_batch=8, max_delay_s=0, max_pixels=3 * 8 * 8)
+    model.gate.clear()
+    with ThreadPoolExecutor(8) as pool:
+        first = pool.submit(batcher.submit, tiles(0))
+        assert model.entered.wait(10)
+        queued = [pool.submit(batcher.submit, tiles(v, count=2)) for v in (1, 2, 3)]
+        oversized = pool.submit(batcher.submit, tiles(4, count=5))
+        wait_for(lambda: batcher.queued_tiles == 11)
+        model.gate.set()
+        outputs = [f.result(10)[0] for f in (first, *queued, oversized)]
+    assert model.sizes == [1, 2, 2, 2, 5]
+    assert [float(o[0, 0, 0, 0]) for o in outputs] == [0, 2, 4, 6, 8]
+
+
 def in_daemon_thread(function: Callable[..., T], *args: object) -> Future[T]:
     future: Future[T] = Future()
 
@@ -298,6 +316,7 @@ def ct_denoiser(models_dir) -> Iterator[Denoiser]:  # type: ignore[no-untyped-de
         tile_overlap=16,
         tile_batch=2,
         batch_max_size=8,
+        max_call_pixels=8 * 80 * 80,
         batch_max_delay_ms=1000,
     )
     denoiser = Denoiser(load_registry(settings).models["ct-unet"], settings)
@@ -347,6 +366,62 @@ def test_the_pipeline_runs_a_raw_tensor_through_the_batcher(models_dir) -> None:
         np.testing.assert_array_equal(outputs, pipeline.denoisers["ct-unet"].run_model(batch))
         assert queued >= 0
     finally:
+        pipeline.close()
+
+
+def test_a_raw_tensor_runs_in_calls_no_larger_than_the_cap(models_dir) -> None:  # type: ignore[no-untyped-def]
+    """/v2's tensors: many small images go a few to a call, a large one in blended tiles; no call
+    holds more pixels than a tile, and the result matches one call on the whole tensor."""
+    settings = Settings(models_dir=models_dir, intra_op_threads=1, tile_size=64, tile_overlap=8, tile_batch=4)
+    pipeline = DenoisePipeline(load_registry(settings), settings)
+    denoiser = pipeline.denoisers["ct-unet"]
+    pixels: list[int] = []
+    run = denoiser.batcher._run
+
+    def recording(batch: np.ndarray) -> np.ndarray:
+        pixels.append(batch.shape[0] * batch.shape[2] * batch.shape[3])
+        return run(batch)
+
+    denoiser.batcher._run = recording
+    rng = np.random.default_rng(4)
+    try:
+        small = rng.random((5, 1, 32, 32), dtype=np.float32)
+        outputs, _ = denoiser.run_tensor(small)
+        assert pixels == [4 * 32 * 32, 32 * 32]  # 4 to a call fill one 64 x 64 tile's pixels
+        np.testing.assert_allclose(outputs, run(small), atol=1e-6)
+        pixels.clear()
+        large = rng.random((2, 1, 200, 160), dtype=np.float32)
+        outputs, _ = denoiser.run_tensor(large)
+        assert outputs.shape == (2, 1, 200, 160) and max(pixels) <= 64 * 64 and len(pixels) > 2
+        np.testing.assert_allclose(outputs, run(large), atol=2e-3)
+    finally:
+        denoiser.batcher._run = run
+        pipeline.close()
+
+
+def test_a_raw_tensor_stops_at_its_deadline(models_dir) -> None:  # type: ignore[no-untyped-def]
+    from app.deadline import Deadline
+    from app.errors import RequestTimedOut
+
+    settings = Settings(models_dir=models_dir, intra_op_threads=1, tile_size=64, tile_overlap=8)
+    pipeline = DenoisePipeline(load_registry(settings), settings)
+    calls: list[int] = []
+    denoiser = pipeline.denoisers["ct-unet"]
+    run = denoiser.batcher._run
+    deadline = Deadline(60)
+
+    def expiring(batch: np.ndarray) -> np.ndarray:
+        calls.append(1)
+        deadline.started -= 120  # the time runs out during the first call
+        return run(batch)
+
+    denoiser.batcher._run = expiring
+    try:
+        with pytest.raises(RequestTimedOut):
+            denoiser.run_tensor(np.zeros((8, 1, 64, 64), np.float32), deadline=deadline)
+        assert len(calls) == 1
+    finally:
+        denoiser.batcher._run = run
         pipeline.close()
 
 

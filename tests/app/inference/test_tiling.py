@@ -31,6 +31,24 @@ def test_4000_by_3000_tiled_equals_whole_image_without_seams() -> None:
     np.testing.assert_allclose(tiled, whole_image(image, plan.grid), atol=1e-5)
 
 
+def test_a_call_holds_no_more_pixels_than_the_cap() -> None:
+    plan = TilePlan.for_model(tile_size=128, receptive_field=5, blend=8, multiple=4, batch=8, max_call_pixels=3 * 64 * 64)
+    assert plan.tiles_per_call(64, 64) == 3
+    assert plan.tiles_per_call(128, 128) == 1  # one tile above the cap still runs
+    assert TilePlan.for_model(128, 5, 8, 4, batch=8).tiles_per_call(64, 64) == 8
+    calls: list[int] = []
+
+    def counting(batch: np.ndarray) -> np.ndarray:
+        calls.append(batch.shape[0] * batch.shape[2] * batch.shape[3])
+        return box_filter(batch)
+
+    image = np.random.default_rng(2).random((400, 300), dtype=np.float32)
+    small_tiles = TilePlan.for_model(96, 5, 8, 4, batch=8, max_call_pixels=2 * 96 * 96)
+    tiled = run_tiled(image, counting, small_tiles)
+    assert max(calls) <= 2 * 96 * 96 and len(calls) > 4
+    np.testing.assert_allclose(tiled, whole_image(image, small_tiles.grid), atol=1e-5)
+
+
 def test_blending_is_smooth_even_when_tiles_disagree() -> None:
     """Each tile adds its own offset: the result must fade between them, never jump."""
     rng = np.random.default_rng(1)
