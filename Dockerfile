@@ -29,10 +29,11 @@ WORKDIR /tmp
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=4).status != 200)"]
-# Exec form: uvicorn is PID 1 and gets docker's / Kubernetes' SIGTERM itself. It stops accepting,
-# lets requests in flight finish for up to 25 s, then drains the batch queues and exits; give the
-# container a longer stop period (docker stop -t 30; Kubernetes' default is 30 s).
-CMD ["uvicorn", "app.main:app", "--host", "0.0.0.0", "--port", "8000", "--no-access-log", \
+# Exec form: uvicorn (python -m app.server) is PID 1 and gets docker's / Kubernetes' SIGTERM
+# itself. It stops accepting, lets requests in flight finish for up to 25 s, then drains the batch
+# queues and exits; give the container a longer stop period (docker stop -t 30; Kubernetes' default
+# is 30 s).
+CMD ["python", "-m", "app.server", "--host", "0.0.0.0", "--port", "8000", \
      "--timeout-graceful-shutdown", "25"]
 
 # --- GPU image (the default: last stage) -------------------------------------------------------
@@ -57,8 +58,9 @@ WORKDIR /tmp
 EXPOSE 8000
 HEALTHCHECK --interval=30s --timeout=5s --start-period=300s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=4).status != 200)"]
-# Exec form: uvicorn is PID 1 and gets docker's / Kubernetes' SIGTERM itself. It stops accepting,
-# lets requests in flight finish for up to 25 s, then drains the batch queues and exits; give the
-# container a longer stop period (docker stop -t 30; Kubernetes' default is 30 s).
-CMD ["uvicorn", "app.main:app", "--host", "0.0.0.0", "--port", "8000", "--no-access-log", \
+# Exec form: uvicorn (python -m app.server) is PID 1 and gets docker's / Kubernetes' SIGTERM
+# itself. It stops accepting, lets requests in flight finish for up to 25 s, then drains the batch
+# queues and exits; give the container a longer stop period (docker stop -t 30; Kubernetes' default
+# is 30 s).
+CMD ["python", "-m", "app.server", "--host", "0.0.0.0", "--port", "8000", \
      "--timeout-graceful-shutdown", "25"]

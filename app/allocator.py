@@ -30,6 +30,9 @@ _M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD_BYTES = 32 << 20
 # Free memory at the top of the heap beyond this goes back to the kernel.
 TRIM_THRESHOLD_BYTES = 256 << 20
+# A request body (as received, or inflated) of this size or more is rare enough that handing its
+# freed memory back costs nothing that matters, and large enough that keeping it would.
+TRIM_AFTER_BODY_BYTES = 8 << 20
 
 
 def _libc() -> ctypes.CDLL | None:

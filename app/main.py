@@ -1,7 +1,7 @@
 """The FastAPI application: routers, error handlers, middleware and the model-loading lifespan.
 
-``uvicorn app.main:app`` serves the models under ``DENOISE_MODELS_DIR`` (default: the
-repository's ``models/``). Nothing heavy happens at import: settings are validated here, models
+``python -m app.server`` (uvicorn, bounded: app/server.py) serves the models under
+``DENOISE_MODELS_DIR`` (default: the repository's ``models/``). Nothing heavy happens at import: settings are validated here, models
 are loaded in the lifespan, so tests can build an app with their own settings.
 """
 

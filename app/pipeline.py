@@ -162,9 +162,13 @@ class DenoisePipeline:
         needed += rows * cols * (TENSOR_TILING_BYTES_PER_PIXEL + 4 * channels) if tiled else 0
 
         def run() -> tuple[np.ndarray, float]:
-            with self.budget.grant(deadline) as grant, denoiser.batcher.expect() as ticket:
-                grant.take(needed, "The tensor")
-                return denoiser.run_tensor(tensor, ticket, deadline)
+            try:
+                with self.budget.grant(deadline) as grant, denoiser.batcher.expect() as ticket:
+                    grant.take(needed, "The tensor")
+                    return denoiser.run_tensor(tensor, ticket, deadline)
+            finally:  # the tiling's memory back to the kernel, as after a large /v1 request
+                if count * rows * cols >= self.settings.trim_after_pixels:
+                    return_freed_memory()
 
         return await anyio.to_thread.run_sync(run, limiter=self.waiting)
 

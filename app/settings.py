@@ -178,6 +178,30 @@ class Settings(BaseSettings):
         description="width of the blending ramp between tiles, in pixels, on top of the "
         "receptive-field margin each tile discards",
     )
+    max_header_bytes: int = Field(
+        default=64 * 1024,
+        ge=4096,
+        le=16 * 1024 * 1024,
+        description="python -m app.server: request head (request line and headers) buffered "
+        "without its end before it is refused (400, connection closed) and the app never sees it; "
+        "a head that arrives whole in one read is parsed",
+    )
+    header_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=600,
+        description="python -m app.server: a request head must arrive within this time of the "
+        "connection (or the previous response); a slower one is disconnected",
+    )
+    max_connections: int = Field(
+        default=1024,
+        ge=1,
+        description="python -m app.server: connections and requests at once; beyond them uvicorn "
+        "answers 503 at once",
+    )
+    keep_alive_s: float = Field(
+        default=5.0, ge=1, le=3600, description="python -m app.server: an idle keep-alive connection is closed after this"
+    )
     require_provider: ProviderName | None = Field(
         default=None,
         description="a model whose session did not get this provider is not served and /readyz stays "

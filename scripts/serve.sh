@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 source scripts/_venv.sh
 ensure_venv "${EXTRAS:-cpu}"
 # exec: uvicorn itself gets SIGTERM / Ctrl+C and shuts down gracefully (as in the Dockerfile).
-# --no-access-log: the service writes its own access line (request id, status, time), so
-# uvicorn's would say it twice.
-exec .venv/bin/python -m uvicorn app.main:app --host "${HOST:-0.0.0.0}" --port "${PORT:-8000}" \
-    --no-access-log --timeout-graceful-shutdown 25
+# app.server runs uvicorn on h11 with a bounded request head, a head timeout and a connection
+# limit (DENOISE_MAX_HEADER_BYTES, DENOISE_HEADER_TIMEOUT_S, DENOISE_MAX_CONNECTIONS).
+exec .venv/bin/python -m app.server --host "${HOST:-0.0.0.0}" --port "${PORT:-8000}" \
+    --timeout-graceful-shutdown 25

@@ -40,7 +40,7 @@ def uvicorn_server(
 ) -> Iterator[str]:
     """Yield the base URL of a uvicorn serving ``models_dir``; ``settings`` become DENOISE_* vars.
 
-    ``uvicorn_args`` are added to uvicorn's command line; ``started`` is handed the process once
+    ``uvicorn_args`` are added to ``python -m app.server``'s command line; ``started`` is handed the process once
     it answers (for tests that signal it or read its memory).
     """
     port = free_port()
@@ -50,8 +50,8 @@ def uvicorn_server(
     base_url = f"http://127.0.0.1:{port}"
     with log_path.open("w+") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port)]
-            + ["--no-access-log"]  # as scripts/serve.sh and the Dockerfile run it
+            # As scripts/serve.sh and the Dockerfile run it.
+            [sys.executable, "-m", "app.server", "--host", "127.0.0.1", "--port", str(port)]
             + list(uvicorn_args),
             cwd=REPO,
             env=env,

@@ -162,7 +162,7 @@ def test_dockerfile_targets_are_non_root_with_a_healthcheck(target: str, base: s
     health = [line for line in lines if line.startswith("HEALTHCHECK")]
     assert len(health) == 1 and "/readyz" in health[0]
     assert any(line.startswith("RUN") and extra in line for line in lines)
-    assert "EXPOSE 8000" in lines and lines[-1].startswith("CMD") and "app.main:app" in lines[-1]
+    assert "EXPOSE 8000" in lines and lines[-1].startswith("CMD") and "app.server" in lines[-1]
     assert any(line.startswith("COPY") and line.endswith("models /models") for line in lines)
     text = (REPO / "Dockerfile").read_text()
     if target == "gpu":

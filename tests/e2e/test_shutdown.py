@@ -45,12 +45,12 @@ def without_host_and_port(arguments: list[str]) -> list[str]:
 
 
 def dockerfile_uvicorn_options() -> list[str]:
-    """uvicorn's options in the Dockerfile's CMD (the same for both targets), less host and port."""
+    """app.server's options in the Dockerfile's CMD (the same for both targets), less host and port."""
     stages = dockerfile_stages()
     commands = [json.loads(stages[target][-1].removeprefix("CMD")) for target in ("gpu", "cpu")]
     assert commands[0] == commands[1], commands
-    assert commands[0][:2] == ["uvicorn", "app.main:app"], commands[0]
-    return without_host_and_port(commands[0][2:])
+    assert commands[0][:3] == ["python", "-m", "app.server"], commands[0]
+    return without_host_and_port(commands[0][3:])
 
 
 def serve_sh_command() -> list[str]:
@@ -70,7 +70,7 @@ def test_serve_sh_and_the_dockerfile_let_sigterm_reach_uvicorn_with_a_grace_peri
     # process that gets the signal, not a shell that would not pass it on.
     docker = dockerfile_uvicorn_options()
     script = serve_sh_command()
-    assert script[0] == "exec" and script[1:4] == [".venv/bin/python", "-m", "uvicorn"], script
+    assert script[0] == "exec" and script[1:4] == [".venv/bin/python", "-m", "app.server"], script
     assert int(option(docker, GRACEFUL)) == int(option(script, GRACEFUL)) > 0
     # docker compose stop waits stop_grace_period before its kill: longer than uvicorn's window.
     compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]["denoise"]
