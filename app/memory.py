@@ -70,7 +70,7 @@ class MemoryBudget:
 
     total: int
     reserved: int = 0
-    wait_s: float = 10.0
+    wait_s: float = 30.0
     used: int = field(default=0, init=False)
     _condition: threading.Condition = field(default_factory=threading.Condition, init=False)
     _waiting: deque[int] = field(default_factory=deque, init=False)

@@ -100,9 +100,6 @@ class DenoisePipeline:
     denoisers: dict[str, Denoiser] = field(init=False)
     waiting: anyio.CapacityLimiter = field(init=False)
     budget: MemoryBudget = field(init=False)
-    # For code that calls a session itself instead of infer(); it does not share the batchers'
-    # execution slots, so prefer infer().
-    limiter: anyio.CapacityLimiter = field(init=False)
 
     def __post_init__(self) -> None:
         models = self.registry.models
@@ -115,7 +112,6 @@ class DenoisePipeline:
         # Threads blocked on a batch hold no CPU; their own limiter keeps them from starving
         # decoding and encoding of anyio's default thread pool. The batch queue bounds them.
         self.waiting = anyio.CapacityLimiter(max(40, 2 * self.settings.batch_queue_tiles))
-        self.limiter = anyio.CapacityLimiter(self.settings.max_concurrent_inferences)
         self.budget = MemoryBudget(
             self.settings.memory_budget_bytes or default_budget_bytes(),
             reserved=self._models_working_memory(lanes, count),

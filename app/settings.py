@@ -144,7 +144,7 @@ class Settings(BaseSettings):
         "Default: half of the container's or machine's memory, at most 2 GiB",
     )
     admission_wait_s: float = Field(
-        default=10.0,
+        default=30.0,
         ge=0,
         le=600,
         description="longest a request waits for the memory budget before it is answered 503 with Retry-After",

@@ -19,6 +19,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 import httpx
 
@@ -31,16 +32,11 @@ PROBE_INTERVAL_S = 0.05
 SETTLE_S = 5.0
 
 
-@dataclass
-class Probe:
-    """/healthz every ``PROBE_INTERVAL_S`` on a thread: latencies (s) and statuses (0: failed)."""
+class _Background:
+    """Runs ``_run`` on a thread while in its ``with``; ``_stop`` ends it."""
 
-    base_url: str
-    latencies: list[float] = field(default_factory=list)
-    statuses: list[int] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-
-    def __enter__(self) -> Probe:
+    def __enter__(self) -> Self:
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         return self
@@ -48,6 +44,18 @@ class Probe:
     def __exit__(self, *_: object) -> None:
         self._stop.set()
         self._thread.join()
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+
+@dataclass
+class Probe(_Background):
+    """/healthz every ``PROBE_INTERVAL_S``: latencies (s) and statuses (0: failed)."""
+
+    base_url: str
+    latencies: list[float] = field(default_factory=list)
+    statuses: list[int] = field(default_factory=list)
 
     def _run(self) -> None:
         with httpx.Client(base_url=self.base_url, timeout=10) as client:
@@ -68,19 +76,11 @@ class Probe:
 
 
 @dataclass
-class Peak:
+class Peak(_Background):
+    """The highest resident size of process ``pid``, sampled every 10 ms."""
+
     pid: int
     peak_kib: int = 0
-    _stop: threading.Event = field(default_factory=threading.Event)
-
-    def __enter__(self) -> Peak:
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
     def _run(self) -> None:
         while True:

@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models-dir", type=Path, default=REPO / "models")
     parser.add_argument("--pairs", type=int, default=40)
     args = parser.parse_args(argv)
-    case = next(c for c in ct_cases() if c.name == "ct-512-png")
+    case = next(c for c in ct_cases(metrics="none") if c.name == "ct-512-png")
     with tempfile.TemporaryDirectory() as folder, uvicorn_server(
         args.models_dir, Path(folder) / "guarded.log", intra_op_threads="2"
     ) as guarded, httptools_server(args.models_dir, Path(folder) / "httptools.log") as plain:

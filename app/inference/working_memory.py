@@ -50,7 +50,7 @@ def _resident_bytes(field: str) -> int | None:
     return None
 
 
-def _peak_of(call: Callable[[], object]) -> int | None:
+def peak_of(call: Callable[[], object]) -> int | None:
     """Bytes the process's resident size rose to above where it stood, while ``call`` ran."""
     return_freed_memory()  # memory the allocator kept from earlier calls would hide this one's
     try:
@@ -77,7 +77,7 @@ def measure(run: Callable[[np.ndarray], object], channels: int, side: int) -> Ca
     blocks and fixed costs make the figure per pixel up to twice what it is for a full tile.
     """
     run(np.zeros((1, channels, 64, 64), np.float32))
-    peak = _peak_of(lambda: run(np.zeros((1, channels, side, side), np.float32)))
+    peak = peak_of(lambda: run(np.zeros((1, channels, side, side), np.float32)))
     if peak is None:
         return CallMemory(0.0, ASSUMED_BYTES_PER_PIXEL, measured=False)
     return CallMemory(0.0, peak / (side * side), measured=True)
