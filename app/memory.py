@@ -32,8 +32,8 @@ from app.errors import OverMemoryBudget, ServiceBusy
 
 GIB = 1 << 30
 # Without a setting: half of the memory the process may use (its container's limit, else the
-# machine's), at most 2 GiB. 2 GiB holds the working memory of a 1088 x 1088 model call and about
-# a hundred 512 x 512 slices, or one 4096 x 4096 radiograph, at a time.
+# machine's), at most 2 GiB. 2 GiB holds the working memory of two 512 x 512 model calls side by
+# side and about a hundred 512 x 512 slices, or one 4096 x 4096 radiograph, at a time.
 DEFAULT_SHARE = 0.5
 DEFAULT_CAP_BYTES = 2 * GIB
 # A cgroup v1 "no limit" is a huge number near 2^63, not "max".
@@ -70,7 +70,7 @@ class MemoryBudget:
 
     total: int
     reserved: int = 0
-    wait_s: float = 30.0
+    wait_s: float = 60.0
     used: int = field(default=0, init=False)
     _condition: threading.Condition = field(default_factory=threading.Condition, init=False)
     _waiting: deque[int] = field(default_factory=deque, init=False)

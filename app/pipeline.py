@@ -164,7 +164,7 @@ class DenoisePipeline:
                     return denoiser.run_tensor(tensor, ticket, deadline)
             finally:  # the tiling's memory back to the kernel, as after a large /v1 request
                 if count * rows * cols >= self.settings.trim_after_pixels:
-                    return_freed_memory()
+                    self._give_back(model_id)
 
         return await anyio.to_thread.run_sync(run, limiter=self.waiting)
 
@@ -343,10 +343,14 @@ class DenoisePipeline:
         with self.budget.grant(deadline) as grant:
             outcome = self._denoise(request, labels, deadline, grant)
         # Here the request's arrays are freed; a large one's memory goes back to the kernel (the
-        # allocator otherwise keeps it for the next request, app/allocator.py).
+        # allocator and the model's arena otherwise keep it for the next request).
         if outcome.pixels >= self.settings.trim_after_pixels:
-            return_freed_memory()
+            self._give_back(outcome.model.card.id)
         return outcome
+
+    def _give_back(self, model_id: str) -> None:
+        self.denoisers[model_id].shrink_arenas()
+        return_freed_memory()
 
     def _denoise(
         self, request: DenoiseRequest, labels: RequestLabels, deadline: Deadline, grant: MemoryGrant

@@ -11,9 +11,9 @@ uvicorn on h11 instead, whose buffer for an incomplete head is bounded
   answers 503 at once, before any work;
 * keep-alive connections closed after ``DENOISE_KEEP_ALIVE_S`` idle.
 
-h11 parses in Python; against httptools it measured the same per request within noise next to
-the model's time (docs/BENCHMARKS.md, "HTTP parser"). Command-line options: host, port, log
-level, graceful-shutdown window; everything else is a ``DENOISE_*`` setting.
+h11 parses in Python: 0.1-0.4 ms more a request than httptools (docs/BENCHMARKS.md, "Memory per
+request and hostile requests", the HTTP parser). Command-line options: host, port, log level,
+graceful-shutdown window; everything else is a ``DENOISE_*`` setting.
 """
 
 from __future__ import annotations

@@ -103,9 +103,10 @@ class Settings(BaseSettings):
         "and encoding between calls",
     )
     ort_memory_arena: bool = Field(
-        default=False,
-        description="ONNX Runtime's CPU memory arena: reuses buffers between calls, but keeps the "
-        "largest call's memory for good and grows past the working memory it was measured at "
+        default=True,
+        description="ONNX Runtime's CPU memory arena: calls reuse its buffers instead of faulting "
+        "fresh pages in (off, a 512 x 512 call ran 30% slower and concurrency-4 throughput fell from "
+        "95% to 80% of direct); it is bounded by the call size and shrunk after a large request "
         "(docs/BENCHMARKS.md, \"Memory per request\")",
     )
     keep_freed_memory: bool = Field(
@@ -125,7 +126,7 @@ class Settings(BaseSettings):
         default=512 * 512,
         ge=1,
         description="largest tile (rows x columns) that runs on one core in a CPU lane; larger "
-        "tiles (a radiograph's 1088 x 1088) run on every core, which measured faster for them",
+        "tiles run on every core, which measured faster for them",
     )
     max_concurrent_inferences: int = Field(
         default=1,
@@ -144,7 +145,7 @@ class Settings(BaseSettings):
         "Default: half of the container's or machine's memory, at most 2 GiB",
     )
     admission_wait_s: float = Field(
-        default=30.0,
+        default=60.0,
         ge=0,
         le=600,
         description="longest a request waits for the memory budget before it is answered 503 with Retry-After",
@@ -166,11 +167,13 @@ class Settings(BaseSettings):
         description="JSON part of a /v2 inference request; larger tensors travel as binary data",
     )
     tile_size: int = Field(
-        default=1088,
+        default=512,
         ge=64,
         le=8192,
-        description="longest tile side; 1088 takes a 2048-pixel radiograph in 2 x 2 tiles (measured "
-        "twice as fast as 512-pixel tiles on the CPU, docs/BENCHMARKS.md)",
+        description="longest tile side, and with it the largest model call: a call's working memory "
+        "grows with its pixels (215 MB for a 512 x 512 U-Net call on the CPU, 1.25 GB at 1088); "
+        "a 2048-pixel radiograph took 9% longer in 512-pixel tiles than in 1088-pixel ones "
+        "(docs/BENCHMARKS.md, \"Memory per request\")",
     )
     tile_overlap: int = Field(
         default=32,
@@ -220,7 +223,7 @@ class Settings(BaseSettings):
         default=None,
         ge=64 * 64,
         description="pixels in one model call (tiles x rows x cols, every request's tiles together); "
-        "a model's working memory grows with them (the U-Nets: 512 bytes a pixel on the CPU), so "
+        "a model's working memory grows with them (the U-Nets: about 820 bytes a pixel on the CPU), so "
         "this bounds it. Default: one tile of DENOISE_TILE_SIZE; a GPU node batching small tiles "
         "may raise it",
     )

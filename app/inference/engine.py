@@ -25,7 +25,7 @@ from app.imaging.intensity import from_unit_range, to_unit_range, window_for
 from app.inference.batcher import BatchObserver, MicroBatcher, Ticket
 from app.inference.lanes import Lanes
 from app.inference.noise_map import NoiseEstimate, noise_map
-from app.inference.registry import LoadedModel
+from app.inference.registry import LoadedModel, shrink_arenas
 from app.inference.tiling import TilePlan, run_tiled
 from app.settings import Settings
 
@@ -194,6 +194,10 @@ class Denoiser:
             for index in range(count):
                 output[index, 0] = run_tiled(tensor[index], run_batch, self.plan)
         return output, queued
+
+    def shrink_arenas(self) -> None:
+        """After a large request: a small one's warm arena is its speed, a large one's is not kept."""
+        shrink_arenas(self.model)
 
     def close(self) -> None:
         self.batcher.close()

@@ -18,9 +18,11 @@ import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import onnxruntime as ort
 from pydantic import ValidationError
 
+from app.allocator import return_freed_memory
 from app.errors import ModelNotFound, ModelUnavailable
 from app.inference.card import CARD_FILENAME, Modality, ModelCard, read_card
 from app.inference.working_memory import ASSUMED_BYTES_PER_PIXEL, CallMemory, measure, probe_side
@@ -244,6 +246,24 @@ def _build(
     )
 
 
+def shrink_arenas(model: LoadedModel) -> None:
+    """Hand back what ONNX Runtime's CPU arenas hold beyond what is in use: a tiny call on each of
+    the model's sessions with the arena-shrinkage run option (the arena frees its unused chunks
+    when that call ends)."""
+    options = ort.RunOptions()
+    options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+    card = model.card
+    side = card.spatial_multiple * 16
+    tiny = np.zeros((1, card.input.channels, side, side), np.float32)
+    for session in (model.session, model.one_thread_session):
+        if session is None:
+            continue
+        try:
+            session.run([card.output.name], {card.input.name: tiny}, options)
+        except Exception as error:  # the memory stays held; the service goes on
+            logger.warning("model %s: arena not shrunk (%s)", card.id, type(error).__name__)
+
+
 def uses_cpu_lanes(settings: Settings) -> bool:
     """Whether CPU models get a one-thread session for the lanes: only where a call would
     otherwise spread over several cores and there are several lanes to run side by side."""
@@ -312,6 +332,8 @@ def load_registry(settings: Settings) -> ModelRegistry:
             registry.missing_provider.append(model.card.id)
             continue
         model = replace(model, call_memory=_call_memory(model, settings, measured))
+        shrink_arenas(model)  # the measured call's memory is not kept as idle memory
+        return_freed_memory()
         registry.models[model.card.id] = model
         _report(model, providers)
     for item in registry.unserved:

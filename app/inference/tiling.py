@@ -43,7 +43,7 @@ class TilePlan:
     multiple: int  # the card's spatial_multiple: H and W the model accepts
     batch: int = 4
     # Pixels one model call may hold (tiles x rows x cols). A model's working memory grows with
-    # them (the U-Nets: 512 bytes a pixel on the CPU, docs/BENCHMARKS.md), so this bounds it; a
+    # them (the U-Nets: about 820 bytes a pixel on the CPU, docs/BENCHMARKS.md), so this bounds it; a
     # single tile larger than this still runs, alone.
     max_call_pixels: int | None = None
 

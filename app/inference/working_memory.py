@@ -4,8 +4,9 @@ A model call's working memory (activations, ONNX Runtime's buffers) grows with t
 call; the service bounds it by bounding the call (``DENOISE_MAX_CALL_PIXELS``) and sets it aside in
 the memory budget (``app/memory``). The figure comes from running the model, not from its card:
 one call of the largest size the service makes, with the process's peak resident size reset
-before it (Linux: ``/proc/self/clear_refs`` 5, then ``VmHWM``). The U-Nets measured 512 bytes a
-pixel on the CPU (four 32-channel float32 activations at full resolution).
+before it (Linux: ``/proc/self/clear_refs`` 5, then ``VmHWM``). The U-Nets need 512 bytes a pixel
+on the CPU (four 32-channel float32 activations at full resolution); ONNX Runtime's arena, which
+grows in powers of two, takes about 820 at 512 x 512, and that is what the process pays.
 
 Where the kernel offers no such reset the figure is ``ASSUMED_BYTES_PER_PIXEL``, and says so.
 """
@@ -73,8 +74,8 @@ def probe_side(call_pixels: int, multiple: int = 16) -> int:
 def measure(run: Callable[[np.ndarray], object], channels: int, side: int) -> CallMemory:
     """Run ``run`` (a float32 (1, C, h, w) batch -> output) on a ``side x side`` input, the size
     of the largest call, after a small call that warms the session (weights packed, kernels
-    chosen). Measured at the size that matters: at small sizes the allocator's reuse of freed
-    blocks and fixed costs make the figure per pixel up to twice what it is for a full tile.
+    chosen). Measured at the size that matters: the arena's growth and the allocator's reuse of
+    freed blocks make the figure per pixel differ by size, up to twice.
     """
     run(np.zeros((1, channels, 64, 64), np.float32))
     peak = peak_of(lambda: run(np.zeros((1, channels, side, side), np.float32)))

@@ -11,7 +11,7 @@ from app.settings import Settings
 def test_defaults_serve_the_repository_models_folder() -> None:
     settings = Settings()
     assert settings.models_dir == (Path(__file__).resolve().parents[2] / "models")
-    assert settings.requested_providers() is None and settings.tile_size == 1088
+    assert settings.requested_providers() is None and settings.tile_size == 512
 
 
 def test_providers_from_a_comma_list_in_priority_order(monkeypatch: pytest.MonkeyPatch) -> None:
