@@ -118,7 +118,9 @@ def training_data_summary(prepared: Path, modality: str) -> dict[str, Any]:
     }
 
 
-def export(run_dir: Path, prepared: Path, models_dir: Path, default: bool, command: str) -> Path:
+def export(
+    run_dir: Path, prepared: Path, models_dir: Path, default: bool, command: str, version: str | None = None
+) -> Path:
     model, config, progress = load_checkpoint(run_dir / "best.pt")
     target = models_dir / config.run.modality / config.run.architecture
     target.mkdir(parents=True, exist_ok=True)
@@ -140,7 +142,7 @@ def export(run_dir: Path, prepared: Path, models_dir: Path, default: bool, comma
         id=f"{config.run.modality}-{config.run.architecture}",
         modality=config.run.modality,
         architecture=config.run.architecture,
-        version=CONDITIONED_MODEL_VERSION if conditioned else MODEL_VERSION,
+        version=version or (CONDITIONED_MODEL_VERSION if conditioned else MODEL_VERSION),
         default=default,
         sha256=sha256_file(onnx_path),
         parameters=parameter_count(model),
@@ -179,15 +181,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--prepared", type=Path, default=default_cache() / "prepared")
     parser.add_argument("--models", type=Path, default=Path("models"))
     parser.add_argument("--default", action="store_true", help="serve this model by default for its modality")
+    parser.add_argument("--version", help="the card's version (default: the family's; a retrained model needs a new one)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     config = json.loads((args.run / "config.json").read_text())
     name = config["run"]["name"]
-    command = (f"python -m training.train --config training/configs/{name}.toml && "
-               f"python -m training.export --run runs/{name}" + (" --default" if args.default else ""))
+    minutes = config["optim"]["max_minutes"]
+    command = (f"python -m training.train --config training/configs/{name}.toml --minutes {minutes:g} && "
+               f"python -m training.export --run runs/{name}" + (" --default" if args.default else "")
+               + (f" --version {args.version}" if args.version else ""))
     if config["run"].get("init_from"):  # fine-tuned from the pretraining: the schedule made it
-        command = f"python -m training.schedule --profile cpu (fine-tuning step: {command})"
-    print(export(args.run, args.prepared, args.models, args.default, command))
+        command = f"python -m training.schedule --profile cpu (its pretraining; then the fine-tuning: {command})"
+    print(export(args.run, args.prepared, args.models, args.default, command, args.version))
 
 
 if __name__ == "__main__":

@@ -26,6 +26,16 @@ def test_every_step_uses_the_committed_configs_and_fine_tunes_from_the_pretraini
     assert gpu.batch_size > cpu.batch_size and gpu.patch_size > cpu.patch_size
 
 
+def test_a_modality_may_fine_tune_longer() -> None:
+    steps = plan(PROFILES["cpu"], Path("training/configs"), Path("runs"))
+    minutes = {argv[argv.index("--config") + 1]: argv[argv.index("--minutes") + 1] for _, argv in steps[1:4]}
+    assert minutes == {
+        "training/configs/ct-unet.toml": "60",
+        "training/configs/mr-unet.toml": "11",
+        "training/configs/xray-unet.toml": "11",
+    }
+
+
 def test_dry_run_prints_the_commands(capsys) -> None:  # type: ignore[no-untyped-def]
     main(["--profile", "gpu", "--dry-run"])
     lines = capsys.readouterr().out.splitlines()
