@@ -26,7 +26,7 @@ from app.imaging import codec, dicom
 from app.imaging.dicom_derive import Provenance
 from app.imaging.image import ADMIT_ANY, BeforeDecode, Image
 from app.inference.batcher import BatchObserver, Ticket
-from app.inference.card import Modality
+from app.modality import Modality
 from app.inference.engine import Denoiser, PhaseTimer
 from app.inference.lanes import Lanes
 from app.inference.noise_map import summarise

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
-from app.imaging.intensity import to_unit_range, window_for
+from app.inference.normalisation import to_unit_range, window_for
 from app.inference.noise_map import noise_map
 from app.inference.registry import LoadedModel
 from app.inference.tiling import round_up

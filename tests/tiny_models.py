@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from app.imaging.intensity import NormalisationSpec
+from app.inference.normalisation import NormalisationSpec
 from app.inference.card import ModelCard, NoiseMapSpec, NoiseModelSpec, TensorSpec, write_card
 
 NORMALISATION = {

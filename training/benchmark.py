@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from app.imaging.intensity import NormalisationSpec, from_unit_range, to_unit_range, window_for
+from app.inference.normalisation import NormalisationSpec, from_unit_range, to_unit_range, window_for
 from app.inference.card import ModelCard, read_card
 from app.inference.noise_map import noise_map
 from app.quality.reference import psnr, ssim

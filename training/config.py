@@ -8,8 +8,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from app.imaging.intensity import NormalisationSpec
-from app.inference.card import Modality, NoiseMapSpec
+from app.inference.normalisation import NormalisationSpec
+from app.inference.card import NoiseMapSpec
+from app.modality import Modality
 
 
 class _Strict(BaseModel):

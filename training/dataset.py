@@ -21,7 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from app.imaging.intensity import to_unit_range, window_for
+from app.inference.normalisation import to_unit_range, window_for
 from training.config import TrainConfig
 from training.data.prepare import load_manifest
 from training.degrade import (Degraded, NoiseFamily, XrayDetector, add_white_gaussian, degrade_image,

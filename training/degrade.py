@@ -26,8 +26,8 @@ from typing import Literal
 
 import numpy as np
 
-from app.imaging.intensity import NormalisationSpec, from_unit_range, to_unit_range, window_for
-from app.inference.card import Modality
+from app.inference.normalisation import NormalisationSpec, from_unit_range, to_unit_range, window_for
+from app.modality import Modality
 from training.noise import add_rician_noise, ct_line_integrals, ct_noise_level, ct_projection_noise
 
 NoiseFamily = Literal["physics", "gaussian"]

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from app.imaging.intensity import IntensityWindow, NormalisationSpec, from_unit_range, to_unit_range, window_for
+from app.inference.normalisation import IntensityWindow, NormalisationSpec, from_unit_range, to_unit_range, window_for
 
 UnitPredictor = Callable[[np.ndarray], np.ndarray]  # (N, C, H, W) float32 -> (N, 1, H, W)
 

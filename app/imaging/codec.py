@@ -6,7 +6,7 @@ from app.errors import InvalidImage, InvalidRequest, UnsupportedImage
 from app.imaging import dicom, png
 from app.imaging.dicom_derive import Provenance
 from app.imaging.image import ADMIT_ANY, BeforeDecode, Image, ImageFormat
-from app.inference.card import Modality
+from app.modality import Modality
 
 # Formats recognised only to refuse them with a useful message (415) rather than "not an image".
 _OTHER_IMAGE_MAGIC = {

@@ -48,7 +48,7 @@ from app.imaging.dicom_checks import READ_ERRORS, PixelLayout
 from app.imaging.dicom_derive import LossyCompression, Provenance
 from app.imaging.dicom_lut import ModalityLUT, invert_monochrome1, modality_luts, units_name
 from app.imaging.image import ADMIT_ANY, UNITS_LIMIT, BeforeDecode, Image, StoredRange, within_units_limit
-from app.inference.card import Modality
+from app.modality import Modality
 
 MEDIA_TYPE = "application/dicom"
 PREAMBLE_LENGTH = 128

@@ -13,8 +13,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from app.imaging.blocks import in_row_blocks
-from app.inference.card import Modality
+from app.blocks import in_row_blocks
+from app.modality import Modality
 
 ImageFormat = Literal["png", "dicom"]
 # Called with the image's frame count and pixels per frame once its header is read and before any

@@ -21,7 +21,7 @@ import numpy as np
 from app.errors import ImageTooLarge, InvalidImage, InvalidRequest, UnsupportedImage
 from app.imaging import png_reader, png_writer
 from app.imaging.image import ADMIT_ANY, UNITS_LIMIT, BeforeDecode, Image, StoredRange, within_units_limit
-from app.inference.card import Modality
+from app.modality import Modality
 
 PNG_SIGNATURE = png_writer.SIGNATURE
 MEDIA_TYPE = "image/png"

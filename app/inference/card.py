@@ -13,9 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from app.imaging.intensity import NormalisationSpec
-
-Modality = Literal["ct", "mr", "xray"]
+from app.inference.normalisation import NormalisationSpec
+from app.modality import Modality
 
 CARD_FILENAME = "card.json"
 CARD_SCHEMA_VERSION = 1

@@ -21,7 +21,7 @@ import onnxruntime as ort
 
 from app.deadline import Deadline, no_deadline
 from app.errors import InferenceFailed
-from app.imaging.intensity import from_unit_range, to_unit_range, window_for
+from app.inference.normalisation import from_unit_range, to_unit_range, window_for
 from app.inference.batcher import BatchObserver, MicroBatcher, Ticket
 from app.inference.lanes import Lanes
 from app.inference.noise_map import NoiseEstimate, noise_map

@@ -24,7 +24,8 @@ from pydantic import ValidationError
 
 from app.allocator import return_freed_memory
 from app.errors import ModelNotFound, ModelUnavailable
-from app.inference.card import CARD_FILENAME, Modality, ModelCard, read_card
+from app.inference.card import CARD_FILENAME, ModelCard, read_card
+from app.modality import Modality
 from app.inference.working_memory import ASSUMED_BYTES_PER_PIXEL, CallMemory, measure, probe_side
 from app.settings import PROVIDER_ORDER, ProviderName, Settings
 

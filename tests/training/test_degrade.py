@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from app.imaging.intensity import NormalisationSpec
+from app.inference.normalisation import NormalisationSpec
 from training.degrade import XrayDetector, degrade_image, quantise, xray_physics_unit
 
 PERCENTILE = NormalisationSpec(kind="image_percentile", low_percentile=0.5, high_percentile=99.5)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from app.inference.card import Modality
+from app.modality import Modality
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from app.api.schemas import DATA_RANGE_DOC, PNG_UNITS_DOC, RETRY_AFTER, DenoiseJ
 from app.deadline import Deadline
 from app.imaging import codec, preview
 from app.imaging.codec import FILE_SUFFIXES
-from app.inference.card import Modality
+from app.modality import Modality
 from app.pipeline import DenoiseOutcome, DenoiseRequest, MetricsMode, RequestLabels
 
 router = APIRouter(tags=["denoise"], route_class=FormBodyRoute)

@@ -34,7 +34,7 @@ from app.errors import DenoiseError
 from app.imaging import codec, preview
 from app.imaging.dicom_derive import Provenance
 from app.imaging.image import Image
-from app.inference.card import Modality
+from app.modality import Modality
 from tests.app.fuzz import builders as b
 from tests.app.fuzz.bounds import reproducible
 from tests.files import dicom_file, png_bytes

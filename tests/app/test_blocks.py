@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from app.imaging import blocks
-from app.imaging.blocks import in_row_blocks
+from app import blocks
+from app.blocks import in_row_blocks
 
 
 def chain(values: np.ndarray) -> np.ndarray:

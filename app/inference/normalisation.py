@@ -20,7 +20,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, model_validator
 
-from app.imaging.blocks import in_row_blocks
+from app.blocks import in_row_blocks
 
 
 class NormalisationSpec(BaseModel):
