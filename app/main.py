@@ -27,6 +27,7 @@ from app.metrics_server import MetricsServer
 from app.observability import Telemetry, configure_logging
 from app.pipeline import DenoisePipeline
 from app.settings import Settings
+from app.version import SOFTWARE_VERSION
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(
         title="Medical image denoising",
-        version="0.1.0",
+        version=SOFTWARE_VERSION,
         summary="CT, MR and X-ray denoising on ONNX Runtime; PNG and DICOM in their own units.",
         lifespan=lifespan,
     )

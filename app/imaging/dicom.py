@@ -49,12 +49,13 @@ from app.imaging.dicom_derive import LossyCompression, Provenance
 from app.imaging.dicom_lut import ModalityLUT, invert_monochrome1, modality_luts, units_name
 from app.imaging.image import ADMIT_ANY, UNITS_LIMIT, BeforeDecode, Image, StoredRange, within_units_limit
 from app.modality import Modality
+from app.version import SOFTWARE_VERSION
 
 MEDIA_TYPE = "application/dicom"
 PREAMBLE_LENGTH = 128
 MAGIC = b"DICM"
 _PIXEL_DATA = 0x7FE00010
-IMPLEMENTATION_VERSION_NAME = "MEDDENOISE_" + dicom_derive.SOFTWARE_VERSION.replace(".", "")[:5]
+IMPLEMENTATION_VERSION_NAME = "MEDDENOISE_" + SOFTWARE_VERSION.replace(".", "")[:5]
 
 # DICOM Modality (0008,0060) -> the model family that denoises it. "DR" is not a defined term
 # but some vendors write it for digital radiography.

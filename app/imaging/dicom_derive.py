@@ -25,7 +25,6 @@ cites the part of PS3.3 it implements:
 from __future__ import annotations
 
 import functools
-import importlib.metadata
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -45,11 +44,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-SOFTWARE_NAME = "medical-denoise"
-try:
-    SOFTWARE_VERSION = importlib.metadata.version(SOFTWARE_NAME)
-except importlib.metadata.PackageNotFoundError:  # running from a checkout that was never installed
-    SOFTWARE_VERSION = "unknown"
+from app.version import SOFTWARE_NAME, SOFTWARE_VERSION
 
 # The namespace of this software's name-based UIDs: uuid5(NAMESPACE_URL, SOFTWARE_NAME).
 _UID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:" + SOFTWARE_NAME)

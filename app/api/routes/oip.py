@@ -51,7 +51,7 @@ from app.api.schemas import (
 from app.api.errors import status_of
 from app.deadline import Deadline
 from app.errors import DenoiseError, ServiceBusy
-from app.imaging.dicom_derive import SOFTWARE_NAME, SOFTWARE_VERSION
+from app.version import SOFTWARE_NAME, SOFTWARE_VERSION
 from app.inference.registry import LoadedModel, ModelRegistry
 from app.pipeline import RequestLabels
 
