@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import anyio
 import anyio.to_thread
@@ -22,7 +22,7 @@ import numpy as np
 from app.allocator import return_freed_memory
 from app.deadline import Deadline
 from app.errors import ImageTooLarge, InvalidRequest, ModalityNotServed, UnknownModality
-from app.imaging import codec, dicom
+from app.imaging import codec, dicom, preview
 from app.imaging.dicom_derive import Provenance
 from app.imaging.image import ADMIT_ANY, BeforeDecode, Image
 from app.inference.batcher import BatchObserver, Ticket
@@ -384,6 +384,19 @@ class DenoisePipeline:
             pixels=image.pixel_count,
             noise_level=noise_level,
         )
+
+    async def preview(self, request: DenoiseRequest, outcome: DenoiseOutcome, deadline: Deadline) -> dict[str, Any]:
+        """The web viewer's preview of a request and its answer (``app/imaging/preview``): both
+        decoded again with the request's options, admitted to the memory budget like a request."""
+
+        def build() -> dict[str, Any]:
+            with self.budget.grant(deadline) as grant:
+                grant.take(2 * outcome.pixels * IMAGE_BYTES_PER_PIXEL, "The preview")
+                return preview.from_bytes(
+                    request.data, outcome.content, lambda data: self._decode(data, request, outcome.modality)
+                )
+
+        return await anyio.to_thread.run_sync(build, limiter=self.waiting)
 
     async def run(
         self, request: DenoiseRequest, labels: RequestLabels, deadline: Deadline | None = None

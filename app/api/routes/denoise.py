@@ -7,8 +7,6 @@ import json
 from functools import partial
 from typing import Annotated
 
-import anyio
-import anyio.to_thread
 from fastapi import APIRouter, File, Form, Header, Request, Response, UploadFile
 
 from app.api.cancellation import run_until_done_or_gone
@@ -16,7 +14,6 @@ from app.api.deps import PipelineDep, SettingsDep, TelemetryDep
 from app.api.form_body import FormBodyRoute
 from app.api.schemas import DATA_RANGE_DOC, PNG_UNITS_DOC, RETRY_AFTER, DenoiseJSONResponse, ErrorResponse
 from app.deadline import Deadline
-from app.imaging import codec, preview
 from app.imaging.codec import FILE_SUFFIXES
 from app.modality import Modality
 from app.pipeline import DenoiseOutcome, DenoiseRequest, MetricsMode, RequestLabels
@@ -186,16 +183,7 @@ async def denoise(
             execution_provider=outcome.model.execution_provider,
         )
         if preview_arrays:
-            decode = partial(
-                codec.decode,
-                modality=outcome.modality,
-                max_pixels=settings.max_pixels,
-                rescale_slope=rescale_slope,
-                rescale_intercept=rescale_intercept,
-            )
-            body.preview = await anyio.to_thread.run_sync(
-                preview.from_bytes, job.data, outcome.content, decode
-            )
+            body.preview = await pipeline.preview(job, outcome, deadline)
         content = body.model_dump_json(exclude=None if preview_arrays else {"preview"})
         return Response(content, media_type="application/json", headers=headers)
     headers["X-Denoise-Metrics"] = _json_header(outcome.metrics)

@@ -82,3 +82,21 @@ def test_reduce_averages_blocks_and_keeps_the_edge() -> None:
     reduced = reduce(frame, 2)
     assert reduced.shape == (2, 3)
     assert reduced[0, 0] == np.mean([0, 1, 5, 6]) and reduced[1, 2] == 14.0
+
+
+def test_the_preview_is_admitted_to_the_memory_budget(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Building it decodes the upload and the answer again: it takes its share like a request."""
+    from app.pipeline import IMAGE_BYTES_PER_PIXEL
+
+    budget = client.app.state.pipeline.budget  # type: ignore[attr-defined]
+    taken: list[tuple[int, str]] = []
+    acquire = budget._acquire
+
+    def recording(nbytes: int, deadline: object, what: str) -> None:
+        taken.append((nbytes, what))
+        acquire(nbytes, deadline, what)
+
+    monkeypatch.setattr(budget, "_acquire", recording)
+    ask(client, png_bytes(np.full((40, 56), 1064, np.uint16)), modality="ct")
+    assert (2 * 40 * 56 * IMAGE_BYTES_PER_PIXEL, "The preview") in taken
+    assert budget.used == 0  # all of it given back
