@@ -42,8 +42,8 @@ MetricsMode = Literal["none", "noref", "all"]
 # "Memory per request"): for every pixel of the image, its float64 units, the float64 output and
 # the stored values decoded and encoded; for every pixel of the frame being denoised, its model
 # input with the noise map, the tiling's accumulators and the metrics' filters.
-IMAGE_BYTES_PER_PIXEL = 24
-FRAME_BYTES_PER_PIXEL = 32
+IMAGE_BYTES_PER_PIXEL = 32
+FRAME_BYTES_PER_PIXEL = 40
 # A reference image: its float64 units, and the comparisons of the metrics, frame by frame.
 REFERENCE_BYTES_PER_PIXEL = 24
 # /v2: the output tensor (float32), and for a tensor tiled image by image, the accumulators.

@@ -18,7 +18,7 @@ from bench.attacks import CORPUS, Attack
 from tests.tiny_models import write_model_set
 from tests.uvicorn_server import uvicorn_server
 
-BUDGET_MB = 1024
+BUDGET_MB = 1536
 KEY = "adversarial-test-key-0123456789"  # the API needs one, as on a hospital network
 # What each attack may get back: 0 is a connection closed unanswered (a head over the limit or too
 # slow, or the client's own time-out after which it hangs up).
