@@ -30,7 +30,7 @@ from app.modality import Modality
 from app.inference.engine import Denoiser, PhaseTimer
 from app.inference.lanes import Lanes
 from app.inference.noise_map import summarise
-from app.inference.registry import LoadedModel, ModelRegistry
+from app.inference.registry import LoadedModel, ModelRegistry, shrink_arenas
 from app.memory import MemoryBudget, MemoryGrant, default_budget_bytes, megabytes
 from app.quality import summary
 from app.quality.reference import reference_data_range
@@ -349,7 +349,8 @@ class DenoisePipeline:
         return outcome
 
     def _give_back(self, model_id: str) -> None:
-        self.denoisers[model_id].shrink_arenas()
+        """After a large request: a small one's warm arena is its speed, a large one's is not kept."""
+        shrink_arenas(self.registry.models[model_id])
         return_freed_memory()
 
     def _denoise(

@@ -25,7 +25,7 @@ from app.inference.normalisation import from_unit_range, to_unit_range, window_f
 from app.inference.batcher import BatchObserver, MicroBatcher, Ticket
 from app.inference.lanes import Lanes
 from app.inference.noise_map import NoiseEstimate, noise_map
-from app.inference.registry import LoadedModel, shrink_arenas
+from app.inference.registry import LoadedModel
 from app.inference.tiling import TilePlan, run_tiled
 from app.settings import Settings
 
@@ -45,6 +45,23 @@ class PhaseTimer:
 
     def add_seconds(self, phase: str, seconds: float) -> None:
         self.seconds[phase] = self.seconds.get(phase, 0.0) + seconds
+
+
+@dataclass
+class _Submitter:
+    """Hands batches to the model's batcher for one request, checking its deadline before each,
+    and adds up the seconds they waited for a batch (the ``queue`` phase)."""
+
+    batcher: MicroBatcher
+    ticket: Ticket | None
+    deadline: Deadline
+    queued: float = 0.0
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        self.deadline.check()
+        outputs, waited = self.batcher.submit(batch, self.ticket)
+        self.queued += waited
+        return outputs
 
 
 class Denoiser:
@@ -133,14 +150,7 @@ class Denoiser:
         spec = card.normalisation
         denoised = np.empty_like(frames, dtype=np.float64)
         estimates: list[NoiseEstimate] = []
-        queued = 0.0
-
-        def run_batch(batch: np.ndarray) -> np.ndarray:
-            nonlocal queued
-            deadline.check()
-            outputs, waited = self.batcher.submit(batch, ticket)
-            queued += waited
-            return outputs
+        run_batch = _Submitter(self.batcher, ticket, deadline)
 
         for index, frame in enumerate(frames):
             deadline.check()
@@ -155,11 +165,11 @@ class Denoiser:
                 unit = np.stack([unit, sigma])
                 estimates.append(estimate)
             started = timer.add("preprocess", started)
-            queued = 0.0
+            run_batch.queued = 0.0
             result = run_tiled(unit, run_batch, self.plan)
             now = time.perf_counter()
-            timer.add_seconds("queue", queued)
-            timer.add_seconds("infer", now - started - queued)
+            timer.add_seconds("queue", run_batch.queued)
+            timer.add_seconds("infer", now - started - run_batch.queued)
             started = now
             from_unit_range(result, window, out=denoised[index])
             if card.non_negative:
@@ -174,17 +184,9 @@ class Denoiser:
         Protocol's input), in calls no larger than the tile plan allows: images up to a tile
         go several to a call, larger ones in blended tiles. Returns the (N, 1, H, W) output and the
         seconds spent queued. ``deadline`` is checked before every call."""
-        deadline = deadline or no_deadline()
         count, _, rows, cols = tensor.shape
         output = np.empty((count, 1, rows, cols), dtype=np.float32)
-        queued = 0.0
-
-        def run_batch(batch: np.ndarray) -> np.ndarray:
-            nonlocal queued
-            deadline.check()
-            outputs, waited = self.batcher.submit(np.ascontiguousarray(batch), ticket)
-            queued += waited
-            return outputs
+        run_batch = _Submitter(self.batcher, ticket, deadline or no_deadline())
 
         if rows <= self.plan.tile and cols <= self.plan.tile:
             per_call = self.plan.tiles_per_call(rows, cols)
@@ -193,11 +195,7 @@ class Denoiser:
         else:
             for index in range(count):
                 output[index, 0] = run_tiled(tensor[index], run_batch, self.plan)
-        return output, queued
-
-    def shrink_arenas(self) -> None:
-        """After a large request: a small one's warm arena is its speed, a large one's is not kept."""
-        shrink_arenas(self.model)
+        return output, run_batch.queued
 
     def close(self) -> None:
         self.batcher.close()

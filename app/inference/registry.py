@@ -25,8 +25,8 @@ from pydantic import ValidationError
 from app.allocator import return_freed_memory
 from app.errors import ModelNotFound, ModelUnavailable
 from app.inference.card import CARD_FILENAME, ModelCard, read_card
+from app.inference.working_memory import ASSUMED, CallMemory, measure, probe_side
 from app.modality import Modality
-from app.inference.working_memory import ASSUMED_BYTES_PER_PIXEL, CallMemory, measure, probe_side
 from app.settings import PROVIDER_ORDER, ProviderName, Settings
 
 logger = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ class LoadedModel:
     # or with the lanes off.
     one_thread_session: ort.InferenceSession | None = None
     # Working memory of one model call, measured at start-up (app/inference/working_memory.py).
-    call_memory: CallMemory = CallMemory(0.0, ASSUMED_BYTES_PER_PIXEL, measured=False)
+    call_memory: CallMemory = ASSUMED
 
     @property
     def execution_provider(self) -> str:
@@ -333,8 +333,6 @@ def load_registry(settings: Settings) -> ModelRegistry:
             registry.missing_provider.append(model.card.id)
             continue
         model = replace(model, call_memory=_call_memory(model, settings, measured))
-        shrink_arenas(model)  # the measured call's memory is not kept as idle memory
-        return_freed_memory()
         registry.models[model.card.id] = model
         _report(model, providers)
     for item in registry.unserved:
@@ -360,7 +358,9 @@ def _call_memory(
             measured[key] = measure(run, card.input.channels, side)
         except Exception as error:  # a model that fails here fails on requests too; not here
             logger.warning("model %s: working memory not measured (%s)", card.id, type(error).__name__)
-            measured[key] = CallMemory(0.0, ASSUMED_BYTES_PER_PIXEL, measured=False)
+            measured[key] = ASSUMED
+        shrink_arenas(model)  # the measured call's memory is not kept as idle memory
+        return_freed_memory()
         memory = measured[key]
         logger.info(
             "model %s: %.0f bytes of working memory a pixel (%s), %.0f MB for a call of %d pixels",

@@ -13,7 +13,6 @@ Where the kernel offers no such reset the figure is ``ASSUMED_BYTES_PER_PIXEL``,
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +21,6 @@ import numpy as np
 
 from app.allocator import return_freed_memory
 
-logger = logging.getLogger(__name__)
-
 # Where nothing can be measured: twice the U-Nets' measured figure, to err on the safe side.
 ASSUMED_BYTES_PER_PIXEL = 1024.0
 _PROC = Path("/proc/self")
@@ -31,14 +28,16 @@ _PROC = Path("/proc/self")
 
 @dataclass(frozen=True)
 class CallMemory:
-    """Working memory of one model call: ``fixed + per_pixel * pixels`` bytes."""
+    """Working memory of one model call: ``per_pixel * pixels`` bytes."""
 
-    fixed: float
     per_pixel: float
     measured: bool
 
     def for_pixels(self, pixels: int) -> int:
-        return int(self.fixed + self.per_pixel * pixels)
+        return int(self.per_pixel * pixels)
+
+
+ASSUMED = CallMemory(ASSUMED_BYTES_PER_PIXEL, measured=False)
 
 
 def _resident_bytes(field: str) -> int | None:
@@ -80,5 +79,5 @@ def measure(run: Callable[[np.ndarray], object], channels: int, side: int) -> Ca
     run(np.zeros((1, channels, 64, 64), np.float32))
     peak = peak_of(lambda: run(np.zeros((1, channels, side, side), np.float32)))
     if peak is None:
-        return CallMemory(0.0, ASSUMED_BYTES_PER_PIXEL, measured=False)
-    return CallMemory(0.0, peak / (side * side), measured=True)
+        return ASSUMED
+    return CallMemory(peak / (side * side), measured=True)
