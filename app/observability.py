@@ -175,9 +175,11 @@ class Telemetry:
         self.models_loaded.set(len(models.models))
         self.models_unserved.set(len(models.unserved))
 
-    def observe_phases(self, seconds: dict[str, float], modality: str, model: str) -> None:
+    def observe_outcome(self, seconds: dict[str, float], modality: str, model: str, pixels: int) -> None:
+        """What one answered request did, by phase: both inference routes record it here."""
         for phase, value in seconds.items():
             self.phase_seconds.labels(phase, modality, model).observe(value)
+        self.pixels.labels(modality, model).inc(pixels)
 
     def observe_batch(
         self, model: str, tiles: int, queued_seconds: list[float], run_seconds: float, *, one_core: bool = False

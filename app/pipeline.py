@@ -26,7 +26,7 @@ from app.imaging import codec, dicom, preview
 from app.imaging.dicom_derive import Provenance
 from app.imaging.image import ADMIT_ANY, BeforeDecode, Image
 from app.inference.batcher import BatchObserver, Ticket
-from app.modality import Modality
+from app.modality import Modality, spelled_out
 from app.inference.engine import Denoiser, PhaseTimer
 from app.inference.lanes import Lanes
 from app.inference.noise_map import summarise
@@ -69,14 +69,21 @@ class DenoiseRequest:
     reference: bytes | None = None
     rescale_slope: float | None = None
     rescale_intercept: float | None = None
+    preview: bool = False  # the web viewer's before / after arrays (``app/imaging/preview``)
 
 
-@dataclass
+@dataclass(frozen=True)
 class RequestLabels:
-    """Filled in as the request learns them, so a failure is still counted under its model."""
+    """The modality and model a request's metrics are counted under."""
 
     modality: str = "unknown"
     model: str = "none"
+
+
+def labels_of(error: BaseException) -> RequestLabels:
+    """The labels a failed request had learnt before it failed (a failure after the model was
+    chosen is still counted under that model)."""
+    return getattr(error, "request_labels", RequestLabels())
 
 
 @dataclass(frozen=True)
@@ -90,6 +97,11 @@ class DenoiseOutcome:
     seconds: dict[str, float]
     pixels: int
     noise_level: dict[str, object] | None = None  # conditioned models: estimated and applied level
+    preview: dict[str, Any] | None = None  # when the request asked for it
+
+    @property
+    def labels(self) -> RequestLabels:
+        return RequestLabels(self.modality, self.model.card.id)
 
 
 @dataclass
@@ -235,7 +247,7 @@ class DenoisePipeline:
             tag = image.meta.modality_tag if isinstance(image.meta, dicom.DicomMeta) else ""
             raise UnknownModality(
                 f"The DICOM Modality '{tag or 'missing'}' has no model here; this service "
-                f"denoises {served}. Send the form field 'modality' (ct, mr or xray) only if "
+                f"denoises {served}. Send the form field 'modality' ({spelled_out()}) only if "
                 "the image really is one of those."
             )
         served_any = bool(self.registry.models)  # none at all: not ready, answered 503 below
@@ -322,7 +334,7 @@ class DenoisePipeline:
         ticket: Ticket,
         timer: PhaseTimer,
         deadline: Deadline,
-    ) -> tuple[dict[str, object], bytes, dict[str, object] | None]:
+    ) -> tuple[dict[str, object], bytes, dict[str, object] | None, dict[str, Any] | None]:
         strength = self._strength(request, model)
         frames, estimates = denoiser.denoise_with_level(image.frames, timer, ticket, strength or 1.0, deadline)
         denoiser.batcher.withdraw(ticket)  # a forming batch need not wait for this request
@@ -336,12 +348,14 @@ class DenoisePipeline:
         deadline.check()
         provenance = Provenance(model.card.id, model.card.version, strength, _level_text(noise_level))
         content = codec.encode(denoised, provenance)
+        # The preview is part of the answer's encoding, from the images held: nothing decoded again.
+        view = preview.build(image, denoised) if request.preview else None
         timer.add("encode", started)
-        return metrics, content, noise_level
+        return metrics, content, noise_level, view
 
-    def _run(self, request: DenoiseRequest, labels: RequestLabels, deadline: Deadline) -> DenoiseOutcome:
+    def _run(self, request: DenoiseRequest, deadline: Deadline) -> DenoiseOutcome:
         with self.budget.grant(deadline) as grant:
-            outcome = self._denoise(request, labels, deadline, grant)
+            outcome = self._denoise(request, deadline, grant)
         # Here the request's arrays are freed; a large one's memory goes back to the kernel (the
         # allocator and the model's arena otherwise keep it for the next request).
         if outcome.pixels >= self.settings.trim_after_pixels:
@@ -353,27 +367,25 @@ class DenoisePipeline:
         shrink_arenas(self.registry.models[model_id])
         return_freed_memory()
 
-    def _denoise(
-        self, request: DenoiseRequest, labels: RequestLabels, deadline: Deadline, grant: MemoryGrant
-    ) -> DenoiseOutcome:
+    def _denoise(self, request: DenoiseRequest, deadline: Deadline, grant: MemoryGrant) -> DenoiseOutcome:
         timer = PhaseTimer()
         started = time.perf_counter()
         image = self._decode(request.data, request, request.modality, self._admission(request, grant))
         started = timer.add("decode", started)
         deadline.check()
         modality, model = self._choose_model(request, image)
-        labels.modality, labels.model = modality, model.card.id
         denoiser = self.denoisers[model.card.id]
-        denoiser.batcher.check_capacity()
-        ticket = denoiser.batcher.announce()
         try:
-            clean = self._reference(request, image)
-            timer.add("decode", started)
-            metrics, content, noise_level = self._denoise_and_encode(
-                request, image, clean, model, denoiser, ticket, timer, deadline
-            )
-        finally:
-            denoiser.batcher.withdraw(ticket)
+            denoiser.batcher.check_capacity()
+            with denoiser.batcher.expect() as ticket:
+                clean = self._reference(request, image)
+                timer.add("decode", started)
+                metrics, content, noise_level, view = self._denoise_and_encode(
+                    request, image, clean, model, denoiser, ticket, timer, deadline
+                )
+        except BaseException as error:
+            error.request_labels = RequestLabels(modality, model.card.id)  # type: ignore[attr-defined]
+            raise
         return DenoiseOutcome(
             content=content,
             media_type=codec.MEDIA_TYPES[image.format],
@@ -384,26 +396,12 @@ class DenoisePipeline:
             seconds=timer.seconds,
             pixels=image.pixel_count,
             noise_level=noise_level,
+            preview=view,
         )
 
-    async def preview(self, request: DenoiseRequest, outcome: DenoiseOutcome, deadline: Deadline) -> dict[str, Any]:
-        """The web viewer's preview of a request and its answer (``app/imaging/preview``): both
-        decoded again with the request's options, admitted to the memory budget like a request."""
-
-        def build() -> dict[str, Any]:
-            with self.budget.grant(deadline) as grant:
-                grant.take(2 * outcome.pixels * IMAGE_BYTES_PER_PIXEL, "The preview")
-                return preview.from_bytes(
-                    request.data, outcome.content, lambda data: self._decode(data, request, outcome.modality)
-                )
-
-        return await anyio.to_thread.run_sync(build, limiter=self.waiting)
-
-    async def run(
-        self, request: DenoiseRequest, labels: RequestLabels, deadline: Deadline | None = None
-    ) -> DenoiseOutcome:
+    async def run(self, request: DenoiseRequest, deadline: Deadline | None = None) -> DenoiseOutcome:
         # One worker thread from the bytes in to the bytes out: each trip through the event loop
         # between steps cost a thread hand-off at concurrency 1 and, under load, a wait behind
         # other requests' callbacks. Its limiter is the one for threads that wait on a batch.
         deadline = deadline or Deadline(self.settings.request_timeout_s)
-        return await anyio.to_thread.run_sync(self._run, request, labels, deadline, limiter=self.waiting)
+        return await anyio.to_thread.run_sync(self._run, request, deadline, limiter=self.waiting)

@@ -407,7 +407,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--url", default=os.environ.get("DENOISE_URL", "http://localhost:8000"))
     parser.add_argument("--api-key", default=os.environ.get("DENOISE_API_KEY"), help="sent as a Bearer token")
     parser.add_argument(
-        "--modality", choices=("ct", "mr", "xray"), help="required for PNG; DICOM says its own"
+        "--modality", help="the modality the service should denoise PNGs as (ct, mr, xray, or another it serves); required for PNG; DICOM says its own"
     )
     parser.add_argument("--model", help="model id or architecture (default: the modality's default model)")
     parser.add_argument("--metrics", choices=("none", "noref"), default="noref")

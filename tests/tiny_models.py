@@ -57,6 +57,7 @@ def write_model(
     kernel: np.ndarray = MEAN_3X3,
     default: bool = True,
     spatial_multiple: int = 8,
+    normalisation: NormalisationSpec | None = None,
 ) -> Path:
     directory = root / modality / architecture
     directory.mkdir(parents=True, exist_ok=True)
@@ -74,7 +75,7 @@ def write_model(
         output=TensorSpec(name="denoised"),
         spatial_multiple=spatial_multiple,
         receptive_field=kernel.shape[0],
-        normalisation=NORMALISATION[modality],
+        normalisation=normalisation or NORMALISATION[modality],
         noise_model=NoiseModelSpec(
             kind="gaussian", description="test", parameter="sigma", train_range=(0.0, 1.0), default_level=0.1
         ),

@@ -31,18 +31,19 @@ import numpy as np
 from app.inference.normalisation import NormalisationSpec, from_unit_range, to_unit_range, window_for
 from app.inference.card import ModelCard, read_card
 from app.inference.noise_map import noise_map
+from app.modality import profile
 from app.quality.reference import psnr, ssim
 from training.classical import METHODS, ClassicalMethod, bm3d_with_psd
 from training.config import DataConfig, NoiseConfig, OptimConfig, RunConfig, TrainConfig
 from training.dataset import ValidationImage, validation_set
 from training.degrade import NoiseFamily
 from training.inference import UnitPredictor, denoise_native, onnx_predictor
+from training.noise_models import noise_model_for
 
 log = logging.getLogger(__name__)
 
 TEST_SEED = 2026
 VAL_SEED = 7
-CT_SOFT_TISSUE_WINDOW = (-160.0, 240.0)
 NOISY_INPUT = "noisy input"
 ESTIMATED, TRUE = "estimated level", "true level"
 _PSD_SMOOTHING = 2.0  # frequency bins: a single periodogram is too rough to whiten with
@@ -91,8 +92,9 @@ def score(clean: np.ndarray, noisy: np.ndarray, denoised: np.ndarray, modality: 
     noise_std = float(np.std(noisy64 - clean64))
     ratio = float(np.std(noisy64 - out64)) / noise_std if noise_std > 0 else float("nan")
     window = None
-    if modality == "ct":
-        low, high = CT_SOFT_TISSUE_WINDOW
+    fixed = profile(modality).evaluation_window
+    if fixed is not None:
+        low, high = fixed
         window = psnr(np.clip(clean64, low, high), np.clip(out64, low, high), high - low)
     return Scored(psnr(clean64, out64, data_range), ssim(clean64, out64, data_range), ratio,
                   seconds / (clean.size / 1e6), window)
@@ -208,7 +210,7 @@ def evaluate_modality(modality: str, models_dir: Path, prepared: Path, slices: i
     validation = validation_set(prepared, config, seed=VAL_SEED)
     parameters = {m.name: tune(m, validation, spec, modality) for m in methods}
     log.info("%s: tuned on %d validation images: %s", modality, len(validation), parameters)
-    with_psd = modality == "ct" and "bm3d" not in skip
+    with_psd = noise_model_for(modality).correlated and "bm3d" not in skip
 
     families: dict[str, Any] = {}
     test_volumes: set[str] = set()
@@ -259,9 +261,7 @@ def _ratio_summary(ratios: list[float]) -> dict[str, float] | None:
 
 
 def _gaussian_units(modality: str) -> str:
-    from training.export import GAUSSIAN_UNITS
-
-    return GAUSSIAN_UNITS[modality]
+    return profile(modality).gaussian_units
 
 
 def default_row(result: dict[str, Any]) -> dict[str, Any]:

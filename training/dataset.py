@@ -24,9 +24,8 @@ import numpy as np
 from app.inference.normalisation import to_unit_range, window_for
 from training.config import TrainConfig
 from training.data.prepare import load_manifest
-from training.degrade import (Degraded, NoiseFamily, XrayDetector, add_white_gaussian, degrade_image,
-                              gaussian_unit_sigma, quantise, xray_physics_unit)
-from training.noise import add_rician_noise
+from training.degrade import Degraded, NoiseFamily, XrayDetector, add_white_gaussian, quantise
+from training.noise_models import PatchContext, degrade_image, noise_model_for
 
 
 @dataclass
@@ -35,8 +34,10 @@ class TrainingSlice:
     window_width: float  # image units per unit-range step
     zero_unit: float  # where the stored value 0 falls in unit range (clipping of magnitudes)
     median_clipped: float = 0.0  # median of the non-negative unit image (X-ray physics)
-    noise_fields: np.ndarray | None = None  # CT only: (K, H, W) HU at the reference flux
-    noise_level_at_reference: float = 0.0  # CT only: HU
+    # Noise simulated when the data were prepared (CT): (K, H, W) native units at the reference
+    # flux, and its level there.
+    noise_fields: np.ndarray | None = None
+    noise_level_at_reference: float = 0.0
 
 
 def _volume_path(prepared: Path, record: dict) -> Path:
@@ -56,11 +57,17 @@ def load_training_slices(prepared: Path, config: TrainConfig) -> list[TrainingSl
             volume = np.load(_volume_path(prepared, record))
             noise = None
             noise_path = _volume_path(prepared, record).with_suffix(".noise.npy")
-            if modality == config.run.modality == "ct" and noise_path.exists():
+            if modality == config.run.modality and noise_path.exists():
                 noise = np.load(noise_path, mmap_mode="r")
+            borrowed_magnitude = config.noise.non_negative and modality != config.run.modality
             for index, clean in enumerate(volume):
                 if min(clean.shape) < min_side:
                     continue
+                if borrowed_magnitude:
+                    # Another modality's slice has no physical zero (CT in HU goes to -1024): its
+                    # floor becomes the zero of a magnitude image, so magnitude noise (Rician) sees
+                    # dark air as dark, not as a bright |negative| value.
+                    clean = clean - clean.min()
                 window = window_for(clean, config.normalisation)
                 unit = to_unit_range(clean, window)
                 # Magnitudes are clipped at the stored zero, but never above the slice's own
@@ -84,6 +91,11 @@ class PatchSampler:
         self.rng = np.random.default_rng(seed)
         areas = np.array([s.clean_unit.size for s in slices], dtype=np.float64)
         self.weights = areas / areas.sum()
+        self.noise_model = noise_model_for(config.run.modality)
+        self.context = PatchContext(rng=self.rng, patch_size=config.data.patch_size, warped_crop=self._warped_crop,
+                                    flip=self._flip, log_uniform=self._log_uniform,
+                                    xray_pedestal_range=config.noise.xray_pedestal_range,
+                                    xray_read_range=config.noise.xray_read_range)
 
     def _log_uniform(self, bounds: tuple[float, float]) -> float:
         low, high = bounds
@@ -117,50 +129,23 @@ class PatchSampler:
         patch = np.rot90(patch, turns)
         return np.ascontiguousarray(patch[:, ::-1] if mirror else patch)
 
-    def _ct_physics(self, item: TrainingSlice, level: float) -> tuple[np.ndarray, Degraded]:
-        assert item.noise_fields is not None
-        size = self.config.data.patch_size
-        rows, cols = item.clean_unit.shape
-        top = int(self.rng.integers(0, rows - size + 1))
-        left = int(self.rng.integers(0, cols - size + 1))
-        realisation = int(self.rng.integers(len(item.noise_fields)))
-        clean = item.clean_unit[top:top + size, left:left + size]
-        noise_hu = item.noise_fields[realisation, top:top + size, left:left + size]
-        scale = level / max(item.noise_level_at_reference, 1e-6) / item.window_width
-        state = (int(self.rng.integers(4)), bool(self.rng.integers(2)))
-        clean = self._flip(clean, state)
-        noisy = (clean + self._flip(noise_hu * scale, state)).astype(np.float32)
-        return clean, Degraded(noisy, np.full(clean.shape, level / item.window_width, dtype=np.float32))
-
     def _physics(self, item: TrainingSlice) -> tuple[np.ndarray, Degraded]:
-        level = self.sample_level()
-        modality = self.config.run.modality
-        if modality == "ct":
-            return self._ct_physics(item, level)
-        clean = self._warped_crop(item.clean_unit)
-        if modality == "mr":
-            sigma = level / 100.0
-            return clean, Degraded(add_rician_noise(clean, sigma, self.rng),
-                                   np.full(clean.shape, sigma, dtype=np.float32))
-        noise = self.config.noise
-        detector = XrayDetector(pedestal=float(self.rng.uniform(*noise.xray_pedestal_range)),
-                                read_sigma=self._log_uniform(noise.xray_read_range)
-                                if noise.xray_read_range[1] > noise.xray_read_range[0] else noise.xray_read_range[0])
-        return clean, xray_physics_unit(clean, level, item.median_clipped + detector.pedestal, detector, self.rng)
+        return self.noise_model.patch(item, self.sample_level(), self.context)
 
     def _gaussian(self, item: TrainingSlice) -> tuple[np.ndarray, Degraded]:
         assert self.config.noise.gaussian_range is not None
         level = self._log_uniform(self.config.noise.gaussian_range)
         clean = self._warped_crop(item.clean_unit)
-        sigma = gaussian_unit_sigma(self.config.run.modality, level, item.window_width)
+        sigma = self.noise_model.gaussian_unit_sigma(level, item.window_width)
         return clean, add_white_gaussian(clean, sigma, self.rng)
 
     def sample(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(clean, noisy, noise map as given to the model), each (P, P) float32 in unit range."""
         item = self.slices[int(self.rng.choice(len(self.slices), p=self.weights))]
         noise = self.config.noise
-        ct_without_fields = self.config.run.modality == "ct" and item.noise_fields is None
-        if ct_without_fields or self.rng.random() < noise.gaussian_fraction:
+        # A slice without the precomputed noise its model needs (another modality's) gets white noise.
+        without_fields = self.noise_model.precomputed_fields and item.noise_fields is None
+        if without_fields or self.rng.random() < noise.gaussian_fraction:
             clean, degraded = self._gaussian(item)
         else:
             clean, degraded = self._physics(item)

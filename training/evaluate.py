@@ -19,12 +19,13 @@ from pathlib import Path
 from training.benchmark import evaluate_modality, verdict
 from training.report import update_cards, write_markdown
 from training.variants import evaluate_variants
+from app.modality import modality_names
 
 def main(argv: list[str] | None = None) -> None:
     from training.data.__main__ import default_cache
 
     parser = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__)
-    parser.add_argument("--modality", action="append", choices=["ct", "mr", "xray"])
+    parser.add_argument("--modality", action="append", choices=modality_names())
     parser.add_argument("--models", type=Path, default=Path("models"))
     parser.add_argument("--prepared", type=Path, default=default_cache() / "prepared")
     parser.add_argument("--out", type=Path, default=Path("docs"))
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
         evaluate_variants(args, command + f" --variant {args.variant}")
         return
     results = []
-    for modality in args.modality or ["ct", "mr", "xray"]:
+    for modality in args.modality or modality_names():
         result = evaluate_modality(modality, args.models, args.prepared, args.slices, args.crop, args.threads,
                                    set(args.skip))
         result["verdict"] = verdict(result)

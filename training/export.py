@@ -21,10 +21,12 @@ import numpy as np
 import torch
 
 from app.inference.card import ModelCard, NoiseModelSpec, TensorSpec, write_card
+from app.modality import profile
 from training.config import TrainConfig
 from training.data.prepare import load_manifest
 from training.nets import build, parameter_count
 from training.nets.common import Denoiser
+from training.noise_models import noise_model_for
 
 log = logging.getLogger(__name__)
 
@@ -36,20 +38,6 @@ MODEL_VERSION = "1.1.0"  # the blind models; 1.1.0: retrained on the leave-one-s
 # Conditioned on the noise level: a second input channel, a different contract.
 CONDITIONED_MODEL_VERSION = "2.0.0"
 GAUSSIAN_DESCRIPTION = " Also trained on signed white Gaussian noise ({units}) over {low:g}-{high:g}."
-GAUSSIAN_UNITS = {"ct": "sigma in HU", "mr": "sigma in percent of the 99.5th percentile",
-                  "xray": "sigma in percent of the 0.5-99.5 percentile range"}
-
-NOISE_DESCRIPTIONS = {
-    "ct": ("ct_projection_poisson",
-           "Low-dose CT: Poisson photon counts plus Gaussian electronic noise on a 360-view parallel-beam "
-           "sinogram, reconstructed by ramp-filtered back-projection (correlated, streaky, anatomy-dependent).",
-           "soft-tissue noise standard deviation, HU"),
-    "mr": ("rician", "Rician noise on magnitude images (complex Gaussian before the magnitude).",
-           "sigma, percent of the image's 99.5th percentile"),
-    "xray": ("poisson_gaussian", "Poisson quantum noise plus Gaussian electronic read noise.",
-             "detected quanta per pixel at the median intensity"),
-}
-
 
 def load_checkpoint(path: Path) -> tuple[Denoiser, TrainConfig, dict[str, Any]]:
     saved = torch.load(path, map_location="cpu", weights_only=False)
@@ -128,11 +116,12 @@ def export(
     export_onnx(model, onnx_path)
     worst = check_parity(model, onnx_path)
     log.info("exported %s, ONNX Runtime vs PyTorch max abs difference %.2e", onnx_path, worst)
-    kind, description, parameter = NOISE_DESCRIPTIONS[config.run.modality]
+    physics = noise_model_for(config.run.modality)
+    kind, description, parameter = physics.kind, physics.description, physics.parameter
     noise = config.noise
     if noise.gaussian_fraction > 0 and noise.gaussian_range is not None:
         kind += "+white_gaussian"
-        description += GAUSSIAN_DESCRIPTION.format(units=GAUSSIAN_UNITS[config.run.modality],
+        description += GAUSSIAN_DESCRIPTION.format(units=profile(config.run.modality).gaussian_units,
                                                    low=noise.gaussian_range[0], high=noise.gaussian_range[1])
     conditioned = model.in_channels == 2
     if conditioned and config.noise_map is None:

@@ -43,10 +43,10 @@ from training.benchmark import ESTIMATED, ServedModel, config_from_card, model_d
 from training.variants import evaluate_variant, service_session, variant_comparison, variant_test_metrics
 from training.export import code_version, sha256_file
 from training.inference import model_input, onnx_predictor
+from app.modality import modality_names
 
 log = logging.getLogger(__name__)
 
-MODALITIES = ("ct", "mr", "xray")
 SOURCE = "unet"
 VARIANT = "unet-int8"
 MAX_PSNR_LOSS_DB = 0.1  # issue #6: offered only within 0.1 dB of the fp32 model
@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(prog="python -m training.quantize", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--modality", action="append", choices=[*MODALITIES, "all"])
+    parser.add_argument("--modality", action="append", choices=[*modality_names(), "all"])
     parser.add_argument("--models", type=Path, default=Path("models"))
     parser.add_argument("--prepared", type=Path, default=default_cache() / "prepared")
     parser.add_argument("--out", type=Path, default=Path("docs"), help="where quantization.json goes")
@@ -296,7 +296,7 @@ def main(argv: list[str] | None = None) -> None:
               repeats=args.repeats, write=not args.dry_run)
     command = shlex.join(["python", "-m", "training.quantize", *(sys.argv[1:] if argv is None else argv)])
     chosen = args.modality or ["all"]
-    records = [quantize_modality(m, recipe, run, command) for m in MODALITIES if m in chosen or "all" in chosen]
+    records = [quantize_modality(m, recipe, run, command) for m in modality_names() if m in chosen or "all" in chosen]
     args.out.mkdir(parents=True, exist_ok=True)
     record_path = args.out / "quantization.json"
     # Quantising one modality again keeps the others' records.

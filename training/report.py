@@ -7,13 +7,14 @@ from pathlib import Path
 from typing import Any
 
 from app.inference.card import read_card, write_card
+from app.modality import profile
 from training.benchmark import ESTIMATED, TRUE
 
 FAMILY_TITLES = {"physics": "physics noise", "gaussian": "white Gaussian noise"}
 
 
-def _row(method: str, m: dict[str, Any], ct: bool) -> str:
-    window = f" {m['psnr_window']:.2f} |" if ct else ""
+def _row(method: str, m: dict[str, Any], windowed: bool) -> str:
+    window = f" {m['psnr_window']:.2f} |" if windowed else ""
     return (f"| {method} | {m['psnr']:.2f} | {m['ssim']:.4f} |{window} {m['residual_ratio']:.3f} | "
             f"{m['seconds_per_megapixel']:.3f} |")
 
@@ -57,8 +58,9 @@ def write_markdown(results: list[dict[str, Any]], path: Path, command: str) -> N
              f"power spectrum. A conditioned model runs with the level the service estimates (`{ESTIMATED}`) and",
              f"with the true one (`{TRUE}`).", ""]
     for result in results:
-        ct = result["modality"] == "ct"
-        lines += [f"## {result['modality'].upper()}", "",
+        known = profile(result["modality"])
+        windowed = known.evaluation_window is not None
+        lines += [f"## {known.title}", "",
                   f"Unseen test volumes: {', '.join(result['test_volumes'])} (crops of at most {result['crop']} px). "
                   f"Physics noise level: {result['noise_parameter']}; default {result['default_level']}. "
                   f"White Gaussian level: {result['gaussian_units']}.", ""]
@@ -68,10 +70,10 @@ def write_markdown(results: list[dict[str, Any]], path: Path, command: str) -> N
                 note = _estimator_note(row)
                 if note:
                     lines += [note.strip(), ""]
-                header = "| method | PSNR dB | SSIM |" + (" PSNR win |" if ct else "") + " residual ratio | s / MP |"
-                lines += [header, "|---" * (6 if ct else 5) + "|"]
+                header = "| method | PSNR dB | SSIM |" + (" PSNR win |" if windowed else "") + " residual ratio | s / MP |"
+                lines += [header, "|---" * (6 if windowed else 5) + "|"]
                 for method, m in sorted(row["methods"].items(), key=lambda kv: -kv[1]["psnr"]):
-                    lines.append(_row(method, m, ct))
+                    lines.append(_row(method, m, windowed))
                 lines.append("")
         lines += _verdict_lines(result["verdict"]) + [""]
     path.write_text("\n".join(lines) + "\n")

@@ -24,6 +24,7 @@ from training.benchmark import (ESTIMATED, NOISY_INPUT, ServedModel, _mean, conf
 from training.dataset import ValidationImage
 from training.inference import UnitPredictor, model_input, onnx_predictor
 from training.report import card_levels
+from app.modality import modality_names
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +133,7 @@ def reference_dir(models_dir: Path, variant: ModelCard) -> Path:
 
 
 def evaluate_variants(args: argparse.Namespace, command: str) -> None:
-    for modality in args.modality or ["ct", "mr", "xray"]:
+    for modality in args.modality or modality_names():
         directory = args.models / modality / args.variant
         if not (directory / "model.onnx").is_file():
             log.info("%s: no %s model, nothing to evaluate", modality, args.variant)

@@ -48,7 +48,7 @@ from app.imaging.dicom_checks import READ_ERRORS, PixelLayout
 from app.imaging.dicom_derive import LossyCompression, Provenance
 from app.imaging.dicom_lut import ModalityLUT, invert_monochrome1, modality_luts, units_name
 from app.imaging.image import ADMIT_ANY, UNITS_LIMIT, BeforeDecode, Image, StoredRange, within_units_limit
-from app.modality import Modality
+from app.modality import Modality, from_dicom_code, profile
 from app.version import SOFTWARE_VERSION
 
 MEDIA_TYPE = "application/dicom"
@@ -56,23 +56,6 @@ PREAMBLE_LENGTH = 128
 MAGIC = b"DICM"
 _PIXEL_DATA = 0x7FE00010
 IMPLEMENTATION_VERSION_NAME = "MEDDENOISE_" + SOFTWARE_VERSION.replace(".", "")[:5]
-
-# DICOM Modality (0008,0060) -> the model family that denoises it. "DR" is not a defined term
-# but some vendors write it for digital radiography.
-MODALITY_FROM_TAG: dict[str, Modality] = {
-    "CT": "ct",
-    "MR": "mr",
-    "CR": "xray",
-    "DX": "xray",
-    "DR": "xray",
-    "RF": "xray",
-    "XA": "xray",
-    "MG": "xray",
-    "PX": "xray",
-    "IO": "xray",
-}
-_UNITS: dict[Modality, str] = {"ct": "HU", "mr": "stored value", "xray": "stored value"}
-
 
 @dataclass(frozen=True)
 class DicomMeta:
@@ -99,14 +82,14 @@ def is_dicom(data: bytes) -> bool:
 
 
 def modality_of(ds: Dataset) -> Modality | None:
-    return MODALITY_FROM_TAG.get(str(ds.get("Modality", "")).upper())
+    return from_dicom_code(str(ds.get("Modality", "")))
 
 
 def tags_of(modalities: list[str]) -> str:
     """``ct (DICOM CT), xray (DICOM CR, DX, ...)``: the served families with their Modality tags."""
     parts = []
     for modality in modalities:
-        tags = ", ".join(tag for tag, family in MODALITY_FROM_TAG.items() if family == modality)
+        tags = ", ".join(profile(modality).dicom_codes)
         parts.append(f"{modality} (DICOM Modality {tags})")
     return "; ".join(parts) or "none"
 
@@ -288,7 +271,7 @@ def decode(
             f"of {max_pixels}; send fewer frames or a smaller image."
         )
     modality = modality or modality_of(ds)
-    luts, units = _modality_luts(ds, layout, _UNITS[modality] if modality else "stored value")
+    luts, units = _modality_luts(ds, layout, profile(modality).units if modality else "stored value")
     before_decode(layout.frames, layout.rows * layout.columns)
     stored_values = _decode_pixels(ds, layout)
     frames = _per_frame(luts, stored_values, ModalityLUT.to_units)

@@ -21,27 +21,26 @@ import numpy as np
 from app.errors import ImageTooLarge, InvalidImage, InvalidRequest, UnsupportedImage
 from app.imaging import png_reader, png_writer
 from app.imaging.image import ADMIT_ANY, UNITS_LIMIT, BeforeDecode, Image, StoredRange, within_units_limit
-from app.modality import Modality
+from app.modality import Modality, profile, spelled_out
 
 PNG_SIGNATURE = png_writer.SIGNATURE
 MEDIA_TYPE = "image/png"
 
 _GRAYSCALE = 0  # IHDR colour type, PNG spec 11.2.2
 _COLOUR_TYPES = {2: "RGB", 3: "palette", 4: "grayscale with alpha", 6: "RGBA"}
-_CT_8BIT_WINDOW = (-160.0, 240.0)
-_CT_16BIT_INTERCEPT = -1024.0
 # Errors only: libpng warnings about a bad file would go to stderr; the client gets a 400 anyway.
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
 
 
 def default_rescale(modality: Modality, bit_depth: int) -> tuple[float, float, str]:
-    """(slope, intercept, units) of the documented default mapping."""
-    if modality == "ct":
-        if bit_depth == 16:
-            return 1.0, _CT_16BIT_INTERCEPT, "HU"
-        low, high = _CT_8BIT_WINDOW
-        return (high - low) / 255.0, low, "HU"
-    return 1.0, 0.0, "stored value"
+    """(slope, intercept, units) of the documented default mapping (the modality's profile)."""
+    known = profile(modality)
+    if bit_depth == 16:
+        return 1.0, known.png_16bit_intercept, known.units
+    if known.png_8bit_range is not None:
+        low, high = known.png_8bit_range
+        return (high - low) / 255.0, low, known.units
+    return 1.0, 0.0, known.units
 
 
 def _read_header(data: bytes) -> tuple[int, int, int, int]:
@@ -90,7 +89,7 @@ def decode(
 ) -> Image:
     if modality is None:
         raise InvalidRequest(
-            "A PNG carries no modality: send the form field 'modality' (ct, mr or xray).",
+            f"A PNG carries no modality: send the form field 'modality' ({spelled_out()}).",
             code="modality_required",
         )
     width, height, bit_depth, colour_type = _read_header(data)

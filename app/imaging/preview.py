@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import math
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -19,10 +18,9 @@ from pydicom.multival import MultiValue
 
 from app.imaging import dicom
 from app.imaging.image import Image
+from app.modality import profile
 
 MAX_SIDE = 1024
-# Soft-tissue window for CT without a window of its own (a PNG): centre 40 HU, width 400 HU.
-CT_WINDOW = (40.0, 400.0)
 PERCENTILES = (0.5, 99.5)
 
 
@@ -67,19 +65,16 @@ def _dicom_window(image: Image) -> tuple[float, float] | None:
 
 
 def default_window(image: Image, plane: np.ndarray) -> tuple[float, float]:
-    """(centre, width): the DICOM's own window, CT soft tissue, or the 0.5-99.5 percentile span."""
+    """(centre, width): the DICOM's own window, the modality's (CT: soft tissue), or the 0.5-99.5
+    percentile span."""
     window = _dicom_window(image)
     if window is not None:
         return window
-    if image.modality == "ct":
-        return CT_WINDOW
+    fixed = profile(image.modality).preview_window if image.modality else None
+    if fixed is not None:
+        return fixed
     low, high = np.percentile(plane, PERCENTILES)
     return float((low + high) / 2), float(max(high - low, 1e-6))
-
-
-def from_bytes(source: bytes, result: bytes, decode: Callable[[bytes], Image]) -> dict[str, Any]:
-    """The preview of a request's file and the service's answer, both read back with ``decode``."""
-    return build(decode(source), decode(result))
 
 
 def build(original: Image, denoised: Image) -> dict[str, Any]:

@@ -14,6 +14,8 @@ import math
 import cv2
 import numpy as np
 
+from app.modality import profile
+
 _SSIM_WINDOW = 7
 _SSIM_K1 = 0.01
 _SSIM_K2 = 0.03
@@ -89,19 +91,14 @@ def ssim(reference: np.ndarray, test: np.ndarray, data_range: float) -> float:
     return float(values[pad:-pad, pad:-pad].mean())
 
 
-# CT values span the 12-bit Hounsfield range -1024..3071: metrics on CT are quoted against it,
-# whatever window a model normalises with, so every CT number is comparable.
-CT_DATA_RANGE_HU = 4095.0
-
-
 def reference_data_range(reference: np.ndarray, modality: str) -> float:
     """The data range reference metrics are quoted against.
 
-    Where the units are absolute (CT in HU) a fixed range, so numbers compare across images and
-    models; elsewhere the reference image's own range (max - min).
+    Where the units are absolute (CT in HU) the profile's fixed range, so numbers compare across
+    images and models; elsewhere the reference image's own range (max - min).
     """
-    if modality == "ct":
-        return CT_DATA_RANGE_HU
+    fixed = profile(modality).reference_data_range
+    if fixed is not None:
+        return fixed
     span = float(np.max(reference) - np.min(reference))
     return span if span > 0 else 1.0
-

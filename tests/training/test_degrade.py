@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from app.inference.normalisation import NormalisationSpec
-from training.degrade import XrayDetector, degrade_image, quantise, xray_physics_unit
+from training.degrade import XrayDetector, quantise, xray_physics_unit
+from training.noise_models import degrade_image
 
 PERCENTILE = NormalisationSpec(kind="image_percentile", low_percentile=0.5, high_percentile=99.5)
 FIXED = NormalisationSpec(kind="fixed", low=-500, high=500, units="HU")

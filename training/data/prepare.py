@@ -26,40 +26,27 @@ from typing import Any
 
 import numpy as np
 
-from training.data.sources import SourceSpec, Volume
-from training.noise import ct_line_integrals, ct_noise_level, ct_projection_noise
+from training.data.sources import SourceSpec
+from training.noise_models import CALIBRATION_FLUX, noise_model_for
 
 log = logging.getLogger(__name__)
 
-REFERENCE_FLUX = 1.0e6
-NOISE_REALISATIONS = 2
-# CT slices with less body than this fraction (mostly air, beyond the ends of the patient) teach nothing.
-_MIN_BODY_FRACTION = 0.05
-
 
 @dataclass(frozen=True)
-class CtNoiseTask:
-    slice_hu: np.ndarray
+class NoiseFieldTask:
+    modality: str
+    clean: np.ndarray
     pixel_mm: float
     seed: int
 
 
-def _simulate_reference_noise(task: CtNoiseTask) -> tuple[np.ndarray, float]:
-    rng = np.random.default_rng(task.seed)
-    sinogram = ct_line_integrals(task.slice_hu, task.pixel_mm)
-    fields = np.stack([ct_projection_noise(task.slice_hu, task.pixel_mm, REFERENCE_FLUX, rng,
-                                           line_integrals=sinogram) for _ in range(NOISE_REALISATIONS)])
-    return fields.astype(np.float16), ct_noise_level(fields[0], task.slice_hu)
+def _simulate_reference_noise(task: NoiseFieldTask) -> tuple[np.ndarray, float]:
+    return noise_model_for(task.modality).reference_fields(task.clean, task.pixel_mm, task.seed)
 
 
 def stable_seed(*parts: object) -> int:
     """A seed from names and numbers, the same in every process (unlike ``hash``)."""
     return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:4], "little")
-
-
-def _keep_ct_slices(volume: Volume) -> list[int]:
-    body = ((volume.slices > -500).reshape(len(volume.slices), -1)).mean(axis=1)
-    return [i for i, fraction in enumerate(body) if fraction >= _MIN_BODY_FRACTION]
 
 
 def manifest_hash(records: list[dict[str, Any]]) -> str:
@@ -76,10 +63,9 @@ def prepare(sources: list[SourceSpec], cache: Path, out: Path, workers: int = 2,
         for volume in spec.load(cache):
             slices = volume.slices
             indices = volume.slice_indices
-            if volume.modality == "ct":
-                keep = _keep_ct_slices(volume)
-                # Below -1024 HU is padding outside the scanned circle, not anatomy: floor it at air.
-                slices, indices = np.maximum(slices[keep], -1024.0), [indices[i] for i in keep]
+            noise_model = noise_model_for(volume.modality)
+            slices, keep = noise_model.prepare_slices(slices)
+            indices = [indices[i] for i in keep] if indices else indices
             folder = out / volume.modality
             folder.mkdir(exist_ok=True)
             np.save(folder / f"{volume.volume_id}.npy", slices.astype(np.float32))
@@ -90,15 +76,15 @@ def prepare(sources: list[SourceSpec], cache: Path, out: Path, workers: int = 2,
                 "description": volume.description, "slice_indices": indices,
                 "shape": list(slices.shape), "pixel_spacing_mm": volume.pixel_spacing_mm,
             }
-            if volume.modality == "ct" and spec.split == "train" and simulate_ct_noise:
+            if noise_model.precomputed_fields and spec.split == "train" and simulate_ct_noise:
                 pixel_mm = (volume.pixel_spacing_mm or (1.0, 1.0))[0]
-                tasks = [CtNoiseTask(s, pixel_mm, seed=stable_seed(volume.volume_id, i))
+                tasks = [NoiseFieldTask(volume.modality, s, pixel_mm, seed=stable_seed(volume.volume_id, i))
                          for i, s in enumerate(slices)]
-                log.info("simulating CT projection noise for %s (%d slices)", volume.volume_id, len(tasks))
+                log.info("simulating %s noise for %s (%d slices)", noise_model.name, volume.volume_id, len(tasks))
                 with ProcessPoolExecutor(max_workers=workers) as pool:
                     results = list(pool.map(_simulate_reference_noise, tasks, chunksize=2))
                 np.save(folder / f"{volume.volume_id}.noise.npy", np.stack([r[0] for r in results]))
-                record["reference_flux"] = REFERENCE_FLUX
+                record["reference_flux"] = CALIBRATION_FLUX
                 record["noise_hu_at_reference_flux"] = [round(r[1], 3) for r in results]
             records.append(record)
             log.info("prepared %s: %s %s", volume.volume_id, spec.split, slices.shape)

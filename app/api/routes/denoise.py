@@ -16,7 +16,7 @@ from app.api.schemas import DATA_RANGE_DOC, PNG_UNITS_DOC, RETRY_AFTER, DenoiseJ
 from app.deadline import Deadline
 from app.imaging.codec import FILE_SUFFIXES
 from app.modality import Modality
-from app.pipeline import DenoiseOutcome, DenoiseRequest, MetricsMode, RequestLabels
+from app.pipeline import DenoiseOutcome, DenoiseRequest, MetricsMode, labels_of
 
 router = APIRouter(tags=["denoise"], route_class=FormBodyRoute)
 
@@ -97,7 +97,8 @@ async def denoise(
     file: Annotated[UploadFile, File(description="8- or 16-bit grayscale PNG, or a DICOM Part 10 file")],
     modality: Annotated[
         Modality | None,
-        Form(description="ct, mr or xray; required for PNG, read from the DICOM Modality tag otherwise"),
+        Form(description="the image's modality, one of the listed values; required for PNG, read from the DICOM "
+                    "Modality tag otherwise"),
     ] = None,
     model: Annotated[
         str | None,
@@ -144,8 +145,7 @@ async def denoise(
     ] = False,
     accept: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> Response:
-    labels = RequestLabels()
-    request.state.labels = labels
+    wants_json = accept is not None and "application/json" in accept
     job = DenoiseRequest(
         data=await file.read(),
         modality=modality,
@@ -155,11 +155,16 @@ async def denoise(
         reference=await reference.read() if reference is not None else None,
         rescale_slope=rescale_slope,
         rescale_intercept=rescale_intercept,
+        preview=preview_arrays and wants_json,
     )
     deadline = Deadline(settings.request_timeout_s)
-    outcome = await run_until_done_or_gone(request, partial(pipeline.run, job, labels, deadline), deadline)
-    telemetry.observe_phases(outcome.seconds, labels.modality, labels.model)
-    telemetry.pixels.labels(labels.modality, labels.model).inc(outcome.pixels)
+    try:
+        outcome = await run_until_done_or_gone(request, partial(pipeline.run, job, deadline), deadline)
+    except BaseException as error:
+        request.state.labels = labels_of(error)  # the request metrics count a failure by model
+        raise
+    request.state.labels = outcome.labels
+    telemetry.observe_outcome(outcome.seconds, outcome.modality, outcome.model.card.id, outcome.pixels)
 
     request_id = request.state.request_id
     timings = _milliseconds(outcome)
@@ -170,7 +175,7 @@ async def denoise(
     }
     if outcome.noise_level is not None:
         headers["X-Noise-Level"] = _json_header(outcome.noise_level)
-    if accept is not None and "application/json" in accept:
+    if wants_json:
         body = DenoiseJSONResponse(
             image_base64=base64.b64encode(outcome.content).decode("ascii"),
             media_type=outcome.media_type,
@@ -182,9 +187,8 @@ async def denoise(
             request_id=request_id,
             execution_provider=outcome.model.execution_provider,
         )
-        if preview_arrays:
-            body.preview = await pipeline.preview(job, outcome, deadline)
-        content = body.model_dump_json(exclude=None if preview_arrays else {"preview"})
+        body.preview = outcome.preview
+        content = body.model_dump_json(exclude=None if outcome.preview is not None else {"preview"})
         return Response(content, media_type="application/json", headers=headers)
     headers["X-Denoise-Metrics"] = _json_header(outcome.metrics)
     headers["Content-Disposition"] = f'inline; filename="denoised{FILE_SUFFIXES[outcome.format]}"'

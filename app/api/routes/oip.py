@@ -264,12 +264,10 @@ async def infer(
     name: ModelName,
     version: str | None = None,
 ) -> Response:
-    labels = RequestLabels()
-    request.state.labels = labels  # the request metrics count /v2 inference too, by model
     try:
         model = _model(registry, name, version)
         card = model.card
-        labels.modality, labels.model = card.modality, card.id
+        request.state.labels = RequestLabels(card.modality, card.id)  # the request metrics count /v2 too
         contract = TensorContract(
             card.input.name,
             card.output.name,
@@ -307,7 +305,6 @@ async def infer(
         )
     except OipError as error:
         return _error(request, error)
-    telemetry.observe_phases({"queue": queued, "infer": seconds - queued}, card.modality, card.id)
-    telemetry.pixels.labels(card.modality, card.id).inc(job.tensor.size)
+    telemetry.observe_outcome({"queue": queued, "infer": seconds - queued}, card.modality, card.id, job.tensor.size)
     media_type = headers.pop("content-type")
     return Response(content, media_type=media_type, headers=headers)

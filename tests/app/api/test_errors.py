@@ -110,6 +110,8 @@ def test_reference_of_another_size(client: TestClient) -> None:
         data={"modality": "ct", "metrics": "all"},
     )
     assert_error(response, 422, "reference_mismatch")
+    # Failed after the model was chosen: counted under that model, not as an unknown request.
+    assert 'denoise_requests_total{modality="ct",model="ct-unet",status="422"}' in client.get("/metrics").text
 
 
 def test_upload_over_the_limit_by_content_length(client: TestClient) -> None:

@@ -84,19 +84,22 @@ def test_reduce_averages_blocks_and_keeps_the_edge() -> None:
     assert reduced[0, 0] == np.mean([0, 1, 5, 6]) and reduced[1, 2] == 14.0
 
 
-def test_the_preview_is_admitted_to_the_memory_budget(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Building it decodes the upload and the answer again: it takes its share like a request."""
-    from app.pipeline import IMAGE_BYTES_PER_PIXEL
+def test_the_preview_is_built_from_the_images_held_nothing_decoded_again(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One decode per request, preview or not: the preview needs no memory of its own beyond
+    the request's admission."""
+    from app.imaging import codec
 
+    decoded: list[int] = []
+    decode = codec.decode
+
+    def counting(data: bytes, *args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+        decoded.append(len(data))
+        return decode(data, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(codec, "decode", counting)
     budget = client.app.state.pipeline.budget  # type: ignore[attr-defined]
-    taken: list[tuple[int, str]] = []
-    acquire = budget._acquire
-
-    def recording(nbytes: int, deadline: object, what: str) -> None:
-        taken.append((nbytes, what))
-        acquire(nbytes, deadline, what)
-
-    monkeypatch.setattr(budget, "_acquire", recording)
-    ask(client, png_bytes(np.full((40, 56), 1064, np.uint16)), modality="ct")
-    assert (2 * 40 * 56 * IMAGE_BYTES_PER_PIXEL, "The preview") in taken
+    body = ask(client, png_bytes(np.full((40, 56), 1064, np.uint16)), modality="ct")
+    assert body["preview"]["rows"] == 40 and len(decoded) == 1  # type: ignore[index]
     assert budget.used == 0  # all of it given back
