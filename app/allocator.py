@@ -3,9 +3,9 @@
 glibc's malloc serves every block of 128 KiB or more with its own ``mmap`` (its threshold grows
 only as such blocks are freed, and worker threads allocate from their own arenas), and gives it
 back with ``munmap`` when it is freed. Every numpy array of an image is such a block, so each
-request faulted its pages in again: on this virtual machine, 2-3 ms for each 2 MB array of a
-512 x 512 slice, more than the arithmetic on it (docs/BENCHMARKS.md, "Tuning decisions"). Fixed
-thresholds make those blocks come from the heap, where freed memory is reused at once.
+request faulted its pages in again, which on a virtual machine took longer than the arithmetic on
+them (docs/BENCHMARKS.md, "Tuning decisions", freed memory kept for reuse). Fixed thresholds make
+those blocks come from the heap, where freed memory is reused at once.
 
 The price is that memory a large request freed stays with the process: after three 4096 x 4096
 images its resident size stayed at 5 x its idle size. ``return_freed_memory`` (``malloc_trim``)

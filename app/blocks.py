@@ -3,11 +3,10 @@
 A chain of numpy operations on a whole 512 x 512 float64 image makes each step a pass over 2 MB
 of memory, and the arrays of a request are cold by the time it runs. Done a block of rows at a
 time, the float64 temporaries of each block stay in a core's cache and only the input and the
-result travel to and from memory. On the benchmark machine, with caches evicted as in a request:
-the inverse modality LUT of a 512 x 512 slice 0.19-0.28 ms less, its normalisation for the model
-0.12-0.17 ms less; of a 2048 x 2048 radiograph 13.6-15.7 and 4.9-5.0 ms less (docs/BENCHMARKS.md,
-"The sixth tuning pass"). The numbers are the same as the whole-image chain's: every step is
-element-wise, and the result is converted to its type as ``astype`` converts it.
+result travel to and from memory, which makes the inverse modality LUT and the normalisation for
+the model faster, most of all on large images (docs/BENCHMARKS.md, "Tuning decisions", row
+blocks). The numbers are the same as the whole-image chain's: every step is element-wise, and the
+result is converted to its type as ``astype`` converts it.
 """
 
 from __future__ import annotations
@@ -17,8 +16,9 @@ from typing import Any
 
 import numpy as np
 
-# A block's float64 temporaries: half a core's L2 cache on the benchmark machine (512 KB). 64 KB
-# blocks measured slower than the whole image for 512 x 512, 512 KB no faster than 256 KB.
+# A block's float64 temporaries: half a core's L2 cache on the benchmark machine (512 KB); smaller
+# blocks measured slower than the whole image, larger ones no faster (docs/BENCHMARKS.md, "Tuning
+# decisions", row blocks).
 BLOCK_BYTES = 256 * 1024
 
 

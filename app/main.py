@@ -57,8 +57,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if not registry.models:
                 logger.warning("!!! no model is served; /readyz and /v1/models say why !!!")
             # What start-up built lives as long as the process: out of the collector's sight, a
-            # collection during a request no longer walks it (1.2 ms less per 512 x 512 request
-            # outside its phases, docs/BENCHMARKS.md).
+            # collection during a request no longer walks it (docs/BENCHMARKS.md, "Tuning
+            # decisions", start-up objects frozen).
             gc.freeze()
             yield
             app.state.pipeline.close()  # finishes queued batches, stops the batcher threads

@@ -1,9 +1,10 @@
 """Serve the app with uvicorn, bounded before the app sees a request: ``python -m app.server``.
 
 uvicorn's default HTTP parser (httptools) reads a request head of any size: a 100 MiB header,
-without an API key, stalled the event loop for 4.6 s before the app could refuse it. This runs
-uvicorn on h11 instead, whose buffer for an incomplete head is bounded
-(``DENOISE_MAX_HEADER_BYTES``: 431-style refusal, the connection closed), with:
+without an API key, stalled the event loop for seconds before the app could refuse it
+(docs/BENCHMARKS.md, "Figures behind choices in the code"). This runs uvicorn on h11 instead,
+whose buffer for an incomplete head is bounded (``DENOISE_MAX_HEADER_BYTES``: 431-style refusal,
+the connection closed), with:
 
 * a deadline for each request head (``DENOISE_HEADER_TIMEOUT_S``): a client that sends its
   headers a byte at a time (slowloris) is disconnected instead of holding a connection;
@@ -11,8 +12,8 @@ uvicorn on h11 instead, whose buffer for an incomplete head is bounded
   answers 503 at once, before any work;
 * keep-alive connections closed after ``DENOISE_KEEP_ALIVE_S`` idle.
 
-h11 parses in Python: 0.1-0.4 ms more a request than httptools (docs/BENCHMARKS.md, "Memory per
-request and hostile requests", the HTTP parser). Command-line options: host, port, log level,
+h11 parses in Python, a little slower than httptools (docs/BENCHMARKS.md, "Memory per request and
+hostile requests", the HTTP parser). Command-line options: host, port, log level,
 graceful-shutdown window; everything else is a ``DENOISE_*`` setting.
 """
 

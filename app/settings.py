@@ -105,9 +105,9 @@ class Settings(BaseSettings):
     ort_memory_arena: bool = Field(
         default=True,
         description="ONNX Runtime's CPU memory arena: calls reuse its buffers instead of faulting "
-        "fresh pages in (off, a 512 x 512 call ran 30% slower and concurrency-4 throughput fell from "
-        "95% to 80% of direct); it is bounded by the call size and shrunk after a large request "
-        "(docs/BENCHMARKS.md, \"Memory per request\")",
+        "fresh pages in (off, calls ran slower and concurrency-4 throughput fell); it is bounded "
+        "by the call size and shrunk after a large request (docs/BENCHMARKS.md, \"Memory per "
+        "request and hostile requests\")",
     )
     keep_freed_memory: bool = Field(
         default=True,
@@ -172,8 +172,8 @@ class Settings(BaseSettings):
         le=8192,
         description="longest tile side, and with it the largest model call: a call's working memory "
         "grows with its pixels (215 MB for a 512 x 512 U-Net call on the CPU, 1.25 GB at 1088); "
-        "a 2048-pixel radiograph took 9% longer in 512-pixel tiles than in 1088-pixel ones "
-        "(docs/BENCHMARKS.md, \"Memory per request\")",
+        "a 2048-pixel radiograph runs a little slower in 512-pixel tiles than in 1088-pixel ones "
+        "(docs/BENCHMARKS.md, \"Memory per request and hostile requests\")",
     )
     tile_overlap: int = Field(
         default=32,

@@ -17,8 +17,9 @@ from fastapi import Request
 
 from app.deadline import Deadline
 
-# Waiting on the ASGI receive for a disconnect cost 6-7 ms of every request (docs/BENCHMARKS.md);
-# a request that ends sooner than this never starts to watch.
+# Waiting on the ASGI receive for a disconnect slowed every request (docs/BENCHMARKS.md, "The
+# conditioned U-Nets (2026-12-07)", the disconnect watch); a request that ends sooner than this
+# never starts to watch.
 WATCH_AFTER_S = 0.5
 
 T = TypeVar("T")

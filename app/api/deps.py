@@ -1,8 +1,8 @@
 """Dependencies the routes read from ``app.state`` (set in the lifespan; tests can swap them).
 
 They are ``async def`` although they never await: FastAPI runs a plain ``def`` dependency in its
-thread pool, and the three of the denoise route cost three thread hand-offs, 0.9 ms of every
-request (docs/BENCHMARKS.md).
+thread pool, and the three of the denoise route cost three thread hand-offs on every request
+(docs/BENCHMARKS.md, "Tuning decisions", async route dependencies).
 """
 
 from __future__ import annotations

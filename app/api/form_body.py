@@ -2,11 +2,11 @@
 
 Starlette hands each received chunk to python-multipart's state machine and copies every file part
 into a SpooledTemporaryFile (on disk above 1 MB), which the route then reads back. Splitting the
-whole body instead takes 0.25 ms less of the event loop's CPU per 525 KB CT slice (3.35-3.43 ->
-3.08-3.25 ms per request, docs/BENCHMARKS.md, "The sixth tuning pass"). A body is only split here
-when it has the one shape clients send (the first delimiter at the start, ``Name: value`` header
-lines within python-multipart's limits, each part ending at a delimiter followed by CRLF or the
-closing ``--``); anything else, and anything over Starlette's field and file limits, goes to
+whole body instead takes less of the event loop's CPU (docs/BENCHMARKS.md, "Tuning decisions",
+multipart bodies split with ``bytes.find``). A body is only split here when it has the one shape
+clients send (the first delimiter at the start, ``Name: value`` header lines within
+python-multipart's limits, each part ending at a delimiter followed by CRLF or the closing
+``--``); anything else, and anything over Starlette's field and file limits, goes to
 Starlette's own parser unchanged, so every refusal (and its 400) and every leniency stay the
 library's. Fields and files are built as Starlette builds them: the same names, values, header
 lists and file names (python-multipart's ``parse_options_header`` reads each Content-Disposition).

@@ -140,8 +140,8 @@ def native_little_endian_pixels(pixel_data: bytes, layout: PixelLayout) -> np.nd
     Bits Stored bits, sign-extended when Pixel Representation is 1.
 
     ``pixel_data`` holds at least ``layout.native_bytes`` (``dicom_checks.check_native_length``).
-    pydicom's decoder takes 0.5-1.4 ms to set up for a CT slice, more than the copy itself
-    (docs/BENCHMARKS.md).
+    pydicom's decoder takes longer to set up for a CT slice than the copy itself takes
+    (docs/BENCHMARKS.md, "Tuning decisions", DICOM read and write).
     """
     kind = "i" if layout.signed else "u"
     dtype = np.dtype(f"<{kind}{layout.bits_allocated // 8}")
@@ -382,8 +382,8 @@ def header_copy(source: Dataset, as_read: Mapping[BaseTag, RawDataElement] | Non
     Elements still as read (``dicom_checks.check_values`` leaves them so) are immutable and shared;
     so are those of ``as_read``, ``source``'s elements as read before some were converted (its
     values are never changed, so each converted element holds what its raw one encodes).
-    A deep copy of the whole header took 4-6 ms for a CT slice, a third of writing it
-    (docs/BENCHMARKS.md).
+    A deep copy of the whole header took a large part of writing a CT slice
+    (docs/BENCHMARKS.md, "Tuning decisions", DICOM header).
     The source's preamble is not copied: the derived file's preamble is zeros.
     """
     as_read = as_read or {}

@@ -120,8 +120,9 @@ def check_deflated_size(data: bytes, limit: int) -> None:
     here it is inflated in steps of a megabyte, counted and discarded.
     """
     if DeflatedExplicitVRLittleEndian.encode() not in data:
-        # A file meta naming the deflated syntax holds its UID's bytes; a scan of the file is a
-        # third of the time pydicom takes to read the file meta (docs/BENCHMARKS.md).
+        # A file meta naming the deflated syntax holds its UID's bytes; a scan of the file takes
+        # less time than pydicom's reading the file meta (docs/BENCHMARKS.md, "Tuning
+        # decisions", the deflate check).
         return
     stream = io.BytesIO(data)
     try:
@@ -165,8 +166,8 @@ def _converted_vr(ds: Dataset, tag: BaseTag, raw: RawDataElement) -> str | None:
     ``ds[tag]`` also corrects ambiguous VRs (US or SS, OB or OW) from other elements, passes the
     Pixel Representation down into sequences, looks private tags up by their creator, and stores
     the converted element, which then has to be put back as read; for the other elements, most
-    of a header, converting directly reads the value the same way for less (a CT slice's check
-    3.6 -> 2.4 ms, docs/BENCHMARKS.md).
+    of a header, converting directly reads the value the same way for less (docs/BENCHMARKS.md,
+    "Tuning decisions", DICOM read and write).
     """
     vr = raw.VR
     if vr is None:  # implicit VR: the dictionary's, where it knows the tag and names one VR
@@ -207,8 +208,8 @@ def check_values(ds: Dataset) -> None:
 
     The dataset keeps the elements as read: an element still in its file encoding is written
     back as those bytes (pydicom writes it unparsed when the encodings match), which for an
-    Explicit VR Little Endian source saves 1-2 ms of the 9-12 ms a CT slice's derived instance
-    took to write.
+    Explicit VR Little Endian source saves part of writing a CT slice's derived instance
+    (docs/BENCHMARKS.md, "Figures behind choices in the code").
     """
     for tag in list(ds.keys()):
         as_read = ds.get_item(tag)

@@ -111,8 +111,9 @@ def _item(*elements: DataElement) -> Dataset:
 
     Given as a mapping, the elements are stored as they are: ``Dataset.__setitem__`` checks and
     converts each one for what a new item of public, parsed elements never needs (private
-    creators, elements as read), at 4-5 us an element. Elements are shared between the items that
-    hold them (the constant ones are made once per process) and never changed.
+    creators, elements as read), a cost paid per element (docs/BENCHMARKS.md, "Figures behind
+    choices in the code"). Elements are shared between the items that hold them (the constant
+    ones are made once per process) and never changed.
     """
     return Dataset({element.tag: element for element in elements})
 

@@ -5,8 +5,9 @@ binary and string numbers, byte values and sequences of those. For anything else
 tags, dates held as date objects, ambiguous VRs, a value too long for its length field) it
 answers None and the writer hands the element to pydicom's ``write_data_element``, which is
 also what decides every error. pydicom sets up a buffer, converts the character sets and looks
-up a writer per element: for a CT slice's derived header, a third of writing it
-(docs/BENCHMARKS.md). ``tests/app/imaging/test_dicom_writer.py`` holds the two to the same bytes.
+up a writer per element: for a CT slice's derived header, a large part of writing it
+(docs/BENCHMARKS.md, "Figures behind choices in the code").
+``tests/app/imaging/test_dicom_writer.py`` holds the two to the same bytes.
 """
 
 from __future__ import annotations

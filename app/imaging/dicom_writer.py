@@ -4,9 +4,9 @@ pydicom writes it, except where ``dicom_elements`` encodes an element itself: th
 still as read from an Explicit VR Little Endian source (``dicom_checks.check_values`` leaves
 most of a header so) are copied through as their tag, VR, length and value bytes, and the text,
 numbers and sequences ``dicom_derive`` sets are encoded as pydicom encodes them, less the buffer
-and the conversions it sets up per element (writing a CT slice's derived instance 1.6 -> 0.7 ms,
-docs/BENCHMARKS.md). Every other element, and every dataset with another encoding or character
-set, goes through pydicom's writer; the file is joined once, at the end.
+and the conversions it sets up per element (docs/BENCHMARKS.md, "Tuning decisions", the derived
+header encoded by the service). Every other element, and every dataset with another encoding or
+character set, goes through pydicom's writer; the file is joined once, at the end.
 """
 
 from __future__ import annotations

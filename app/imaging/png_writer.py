@@ -1,8 +1,8 @@
 """Write 8- and 16-bit grayscale PNG files fast: numpy filters the rows, ISA-L deflates them.
 
-Encoding is the largest step of a request after the model (docs/BENCHMARKS.md): OpenCV's libpng
-with zlib took about 9 ms for a 16-bit 512 x 512 slice at its fastest lossless setting, on this
-two-core machine. A PNG is simple to write (PNG spec, 3rd edition: signature, IHDR, IDAT, IEND)
+Encoding is the largest step of a request after the model: OpenCV's libpng with zlib is slow
+for a 16-bit slice even at its fastest lossless setting (docs/BENCHMARKS.md, "Tuning decisions",
+PNG encoding). A PNG is simple to write (PNG spec, 3rd edition: signature, IHDR, IDAT, IEND)
 and the slow part, deflate, is what Intel's ISA-L does several times faster than zlib at the
 same ratio (``isal``, the Python bindings that ``xopen`` and ``dnaio`` use). So:
 
@@ -14,8 +14,9 @@ same ratio (``isal``, the Python bindings that ``xopen`` and ``dnaio`` use). So:
 * an image of at least twice ``PARALLEL_MIN_BYTES`` is deflated in parts of at least that size
   on several threads (ISA-L releases the GIL), as pigz does: each part but the last ends on a
   full flush, so the raw deflate parts join into one valid stream, framed by one zlib header
-  and the Adler-32 of the whole. Between model calls the cores are otherwise idle: the
-  benchmark's CT slice 2.3 -> 1.6 ms;
+  and the Adler-32 of the whole. Between model calls the cores are otherwise idle, and the
+  parts pay even on the benchmark's CT slice (docs/BENCHMARKS.md, "Figures behind choices in
+  the code");
 * no ancillary chunks: readers assume nothing about gamma or colour space for grayscale data,
   and the service's PNG carries no units (README, "PNG units").
 

@@ -214,7 +214,8 @@ class MicroBatcher:
     def _alone(self) -> bool:
         """Nothing queued, in hand, running or announced: no batch could form with this
         submission, so its own thread runs it. A hand-off to the collector and back is two
-        thread wake-ups, 0.28-0.45 ms each on this machine's idle cores (docs/BENCHMARKS.md)."""
+        thread wake-ups, for nothing (docs/BENCHMARKS.md, "Tuning decisions", a lone model
+        call runs in its request's thread)."""
         return not self._queue and not any(self._in_hand) and not self._running_here and self._preparing == 0
 
     def close(self, timeout_s: float = 10.0) -> None:

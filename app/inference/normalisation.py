@@ -74,7 +74,8 @@ def window_for(pixels: np.ndarray, spec: NormalisationSpec) -> IntensityWindow:
     finite = pixels if np.isfinite(pixels).all() else pixels[np.isfinite(pixels)]
     if finite.size == 0:
         return IntensityWindow(0.0, 1.0)
-    # One call: numpy partitions once for both percentiles (a 2048 x 2048 image: ~40% faster).
+    # One call: numpy partitions once for both percentiles (docs/BENCHMARKS.md, "Tuning
+    # decisions", percentile windows).
     percentiles = [0.0 if spec.low_percentile is None else spec.low_percentile, spec.high_percentile]
     low, high = (float(v) for v in np.percentile(finite, percentiles))
     if spec.low_percentile is None:

@@ -279,7 +279,9 @@ async def infer(
         body = await request.body()
         encoding, header_length = request.headers.get("content-encoding"), request.headers.get(HEADER_LENGTH)
 
-        def parse() -> InferRequest:  # inflating 128 MiB took the event loop for 0.2 s
+        # Off the event loop: inflating a large body on it stalled every other request
+        # (docs/BENCHMARKS.md, "Figures behind choices in the code").
+        def parse() -> InferRequest:
             inflated = decompress(body, encoding, settings.max_upload_bytes)
             try:
                 return parse_infer_request(inflated, header_length, contract)
