@@ -49,6 +49,18 @@ class OverMemoryBudget(DenoiseError):
     code = "over_memory_budget"
 
 
+class NotDenoisable(DenoiseError):
+    """A valid image this service must not denoise, or whose result could not be filed: the
+    ``code`` says which (no Study Instance UID, a phase or complex-component image)."""
+
+    code = "not_denoisable"
+
+    def __init__(self, detail: str, code: str | None = None) -> None:
+        super().__init__(detail)
+        if code is not None:
+            self.code = code
+
+
 class UnknownModality(DenoiseError):
     code = "unknown_modality"
 

@@ -371,6 +371,7 @@ class DenoisePipeline:
         timer = PhaseTimer()
         started = time.perf_counter()
         image = self._decode(request.data, request, request.modality, self._admission(request, grant))
+        codec.check_derivable(image)
         started = timer.add("decode", started)
         deadline.check()
         modality, model = self._choose_model(request, image)

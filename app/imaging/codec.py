@@ -64,6 +64,12 @@ def decode(
     return png.decode(data, modality, max_pixels, rescale_slope, rescale_intercept, before_decode)
 
 
+def check_derivable(image: Image) -> None:
+    """Refuse now, before any model runs, what ``encode`` could not turn into a valid answer."""
+    if isinstance(image.meta, dicom.DicomMeta):
+        dicom.check_derivable(image.meta.dataset)
+
+
 def encode(image: Image, provenance: Provenance) -> bytes:
     """Write ``image`` in its own format; ``provenance`` is recorded where the format has room."""
     if image.format == "dicom":

@@ -102,6 +102,7 @@ def _read(data: bytes, max_pixels: int) -> Dataset:
         raise InvalidImage(
             "The DICOM file could not be parsed (truncated or corrupt); send the complete Part 10 file."
         ) from None
+    _drop_group_lengths(ds)
     dicom_checks.check_values(ds.file_meta)
     dicom_checks.check_values(ds)
     if "SOPClassUID" not in ds:
@@ -111,6 +112,17 @@ def _read(data: bytes, max_pixels: int) -> Dataset:
             raise InvalidImage("The DICOM object has no SOP Class UID; send a valid image instance.")
         ds.SOPClassUID = sop_class
     return ds
+
+
+check_derivable = dicom_checks.check_derivable
+
+
+def _drop_group_lengths(ds: Dataset) -> None:
+    """Group lengths (gggg,0000) are retired outside the file meta (PS3.5 7.2) and may be left
+    out; a Command Set element (0000,eeee) or a file meta element (0002,eeee) has no place in a
+    stored dataset. Neither can be written back, so neither is kept."""
+    for tag in [tag for tag in ds.keys() if tag.element == 0 or tag.group in (0x0000, 0x0002)]:
+        del ds[tag]
 
 
 def _syntax(ds: Dataset) -> UID:

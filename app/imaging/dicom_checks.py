@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 from pydicom.charset import default_encoding
 from pydicom.datadict import dictionary_VR
-from pydicom.dataelem import RawDataElement, convert_raw_data_element
+from pydicom.dataelem import DataElement, RawDataElement, convert_raw_data_element
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
 from pydicom.errors import BytesLengthException, InvalidDicomError
@@ -45,7 +45,7 @@ from pydicom.uid import (
 )
 from pydicom.valuerep import AMBIGUOUS_VR, VR
 
-from app.errors import ImageTooLarge, InvalidImage, MissingPixelData, UnsupportedImage
+from app.errors import ImageTooLarge, InvalidImage, MissingPixelData, NotDenoisable, UnsupportedImage
 from app.imaging.codestream import DeclaredSize, j2k_size, jpeg_size
 from app.imaging.dicom_lut import ModalityLUT
 from app.imaging.image import UNITS_LIMIT, within_units_limit
@@ -203,6 +203,21 @@ def _remembered_vr(key: tuple[object, ...], encoding: str | tuple[str, ...]) -> 
     return str(convert_raw_data_element(raw, encoding=charset).VR)
 
 
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+
+
+def _private_without_vr(element: object) -> bool:
+    """A private data element (not a private creator, gggg,0010-00FF, which is LO by definition)
+    read without a VR; one of undefined length is a sequence, which pydicom parses as such."""
+    return (
+        isinstance(element, RawDataElement)
+        and element.VR is None
+        and element.tag.is_private
+        and element.tag.element >= 0x1000
+        and element.length != _UNDEFINED_LENGTH
+    )
+
+
 def check_values(ds: Dataset) -> None:
     """Read every element's value now, so one that cannot be read is refused by its tag.
 
@@ -213,6 +228,12 @@ def check_values(ds: Dataset) -> None:
     """
     for tag in list(ds.keys()):
         as_read = ds.get_item(tag)
+        if _private_without_vr(as_read):
+            # Read from Implicit VR: pydicom would give it the VR its private dictionary guesses,
+            # which the value may break (a Siemens 21-character "SH"); as UN its bytes are written
+            # back as they came (PS3.5 6.2.2).
+            ds[tag] = DataElement(tag, VR.UN, as_read.value)
+            continue
         stored_converted = False
         try:
             vr = _converted_vr(ds, tag, as_read) if isinstance(as_read, RawDataElement) else None
@@ -367,3 +388,31 @@ def check_luts_bounded(luts: tuple[ModalityLUT, ...], low: int, high: int) -> No
                 f"pixel values to numbers that are not finite or beyond +-{UNITS_LIMIT:g}; send a "
                 "valid header."
             )
+
+
+# Image Type value 3 and on (C.8.3.1.1.1, C.8.13.1.1.1): the complex component an MR image holds.
+# A denoiser trained on magnitudes would treat a phase map's wraps and a real or imaginary part's
+# signed values as noise.
+_NOT_MAGNITUDE = frozenset({"P", "PHASE", "PHASE MAP", "R", "REAL", "I", "IMAGINARY"})
+
+
+def check_derivable(ds: Dataset) -> None:
+    """What the derived instance needs of its source, checked before any model runs: a study to
+    be filed in, and magnitude pixels (not a phase, real or imaginary image)."""
+    if not str(ds.get("StudyInstanceUID", "") or "").strip():
+        raise NotDenoisable(
+            "The DICOM object has no Study Instance UID (0020,000D): its denoised version could not be "
+            "filed with it, and a PACS refuses it. Send the instance as the modality stored it.",
+            code="missing_study_uid",
+        )
+    values = ds.get("ImageType") or []
+    values = [values] if isinstance(values, str) else list(values)
+    components = {str(v).strip().upper() for v in values[2:]} & _NOT_MAGNITUDE
+    if components:
+        text = "\\".join(str(v) for v in values)
+        raise NotDenoisable(
+            f"The Image Type is {text}: a {'/'.join(sorted(components))} image, not a magnitude image. "
+            "The models denoise magnitude images only; send the magnitude series.",
+            code="not_a_magnitude_image",
+        )
+

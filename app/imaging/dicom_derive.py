@@ -50,6 +50,7 @@ from app.version import SOFTWARE_NAME, SOFTWARE_VERSION
 _UID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "urn:" + SOFTWARE_NAME)
 SERIES_NUMBER_OFFSET = 1000
 _MAX_IS = 2**31 - 1
+_SERIES_SLOTS = 999
 _LO_LENGTH = 64  # LO: at most 64 characters
 _ST_LENGTH = 1024  # ST: at most 1024 characters
 
@@ -178,15 +179,20 @@ def series_description(source: str, provenance: Provenance) -> str:
     return (source.strip()[: _LO_LENGTH - len(suffix)] + suffix).strip()
 
 
-def series_number(source: object) -> int | None:
-    """The source's Series Number + 1000 (wrapping within IS), so the derived series sorts apart."""
+def series_number(source: object, provenance: Provenance) -> int | None:
+    """The source's Series Number + 1000 x slot (wrapping within IS), slot 1-999 named by the model
+    and strength: each (source series, model, strength) its own derived series number, the same
+    every time and on every node, and the source's number still readable (mod 1000). The slot is
+    a name-based hash, not a count, so two of them share a number about once in 999 pairs."""
     if source in (None, ""):
         return None
     try:
         number = int(str(source))
     except ValueError:
         return None
-    return (number + SERIES_NUMBER_OFFSET) % _MAX_IS
+    name = f"{provenance.model_id}\\{provenance.strength_text}"
+    slot = 1 + uuid.uuid5(_UID_NAMESPACE, name).int % _SERIES_SLOTS
+    return (number + SERIES_NUMBER_OFFSET * slot) % _MAX_IS
 
 
 def _image_type(values: object, enhanced: bool) -> list[str]:
@@ -376,7 +382,7 @@ def mark_derived(
     equipment = [*source.get("ContributingEquipmentSequence", []), _contributing_equipment(provenance, now)]
     _put(ds, "ContributingEquipmentSequence", Sequence(equipment))
     _put(ds, "SeriesDescription", series_description(str(source.get("SeriesDescription", "") or ""), provenance))
-    number = series_number(source.get("SeriesNumber"))
+    number = series_number(source.get("SeriesNumber"), provenance)
     if number is not None:
         _put(ds, "SeriesNumber", number)
     _mark_lossy(ds, source, lossy)

@@ -426,10 +426,12 @@ def _rle_with_moved_segment() -> bytes:
 
 
 def _group_length_of_three_bytes() -> bytes:
-    """A Group Length (UL, 4 bytes a value) that holds 3 bytes: pydicom raises its own
-    BytesLengthException, not a ValueError, when the value is read (found by test_mutated_dicom).
+    """A UL element (4 bytes a value) that holds 3 bytes: pydicom raises its own
+    BytesLengthException, not a ValueError, when the value is read (found by test_mutated_dicom
+    on a Group Length; group lengths are now dropped unread, so the retired Length to End, the
+    next UL of the group, carries the case).
     """
-    return b.with_first_element(b.ct_bytes(), struct.pack("<HH2sH", 0x0008, 0x0000, b"UL", 3) + b"abc")
+    return b.with_first_element(b.ct_bytes(), struct.pack("<HH2sH", 0x0008, 0x0001, b"UL", 3) + b"abc")
 
 
 def _meta_element_of_unknown_vr() -> bytes:

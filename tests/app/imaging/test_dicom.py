@@ -310,7 +310,8 @@ def test_derived_header_says_how_it_was_made() -> None:
     assert equipment.PurposeOfReferenceCodeSequence[0].CodeValue == "109102"
     assert equipment.Manufacturer == "medical-denoise" and "ct-unet 1.2.0" in equipment.SoftwareVersions
     assert derived.SeriesDescription == f"{source.SeriesDescription} [denoised ct-unet 1.2.0]".strip()
-    assert int(derived.SeriesNumber) == int(source.SeriesNumber) + 1000
+    number, source_number = int(derived.SeriesNumber), int(source.SeriesNumber)
+    assert number > source_number and (number - source_number) % 1000 == 0  # + 1000 x the model's slot
     assert len(derived.SeriesDescription) <= 64
 
 
@@ -470,3 +471,16 @@ def test_a_remembered_readable_value_never_vouches_for_another() -> None:
             with pytest.raises(InvalidImage) as refused:
                 dicom.decode(b.with_first_element(source, bad), None, max_pixels=10**6)
             assert "(0028,0006)" in refused.value.detail
+
+
+def test_series_numbers_have_a_slot_per_model_and_strength() -> None:
+    from app.imaging.dicom_derive import Provenance, series_number
+
+    default = series_number(2, Provenance("ct-unet", "2.1.0", 1.0))
+    assert default == series_number("2", Provenance("ct-unet", "2.2.0", 1.0))  # a new version keeps it
+    others = {series_number(2, Provenance("ct-unet", "2.1.0", s)) for s in (0.5, 0.8, 1.5, 2.0)}
+    others.add(series_number(2, Provenance("ct-autoencoder", "1.1.0", 1.0)))
+    assert default not in others and len(others) == 5
+    assert all(n is not None and n % 1000 == 2 and 1000 < n < 1_000_000 for n in [default, *others])
+    assert series_number(None, Provenance("ct-unet", "2.1.0")) is None
+    assert series_number("x", Provenance("ct-unet", "2.1.0")) is None
