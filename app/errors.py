@@ -61,6 +61,12 @@ class NotDenoisable(DenoiseError):
             self.code = code
 
 
+class NotAcceptable(DenoiseError):
+    """The answer cannot be given in any media type the client's Accept header allows."""
+
+    code = "not_acceptable"
+
+
 class UnknownModality(DenoiseError):
     code = "unknown_modality"
 

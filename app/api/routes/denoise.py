@@ -4,19 +4,26 @@ from __future__ import annotations
 
 import base64
 import json
+from dataclasses import replace
 from functools import partial
 from typing import Annotated
 
+import anyio
+import anyio.abc
 from fastapi import APIRouter, File, Form, Header, Request, Response, UploadFile
 
+from app.api import multipart_answer
 from app.api.cancellation import run_until_done_or_gone
 from app.api.deps import PipelineDep, SettingsDep, TelemetryDep
 from app.api.form_body import FormBodyRoute
 from app.api.schemas import DATA_RANGE_DOC, PNG_UNITS_DOC, RETRY_AFTER, DenoiseJSONResponse, ErrorResponse
 from app.deadline import Deadline
-from app.imaging.codec import FILE_SUFFIXES
+from app.errors import DenoiseError, InvalidRequest, NotAcceptable
+from app.imaging.codec import FILE_SUFFIXES, sniff
+from app.imaging.dicom import MEDIA_TYPE as DICOM_MEDIA_TYPE
+from app.observability import Telemetry
 from app.modality import Modality
-from app.pipeline import DenoiseOutcome, DenoiseRequest, MetricsMode, labels_of
+from app.pipeline import DenoiseOutcome, DenoisePipeline, DenoiseRequest, MetricsMode, labels_of
 
 router = APIRouter(tags=["denoise"], route_class=FormBodyRoute)
 
@@ -28,6 +35,7 @@ _ERRORS = {
         "to process than DENOISE_MEMORY_BUDGET_BYTES can ever give one request (estimated from the "
         "header, before decoding)"
     ),
+    406: "not_acceptable: several files, whose multipart/related answer the Accept header excludes",
     415: (
         "unsupported_image: colour, palette, JPEG/TIFF/GIF/BMP/WebP, unsupported bit depth or transfer syntax"
     ),
@@ -47,6 +55,7 @@ MODEL_NAME_LENGTH = 128  # ids and architectures are short; a longer name is nev
 _IMAGE_CONTENT = {
     "image/png": {"schema": {"type": "string", "format": "binary"}},
     "application/dicom": {"schema": {"type": "string", "format": "binary"}},
+    "multipart/related": {"schema": {"type": "string", "format": "binary"}},  # several DICOM files
 }
 _HEADERS = {
     "X-Denoise-Metrics": {"description": "the metrics block as compact JSON", "schema": {"type": "string"}},
@@ -94,7 +103,14 @@ async def denoise(
     pipeline: PipelineDep,
     telemetry: TelemetryDep,
     settings: SettingsDep,
-    file: Annotated[UploadFile, File(description="8- or 16-bit grayscale PNG, or a DICOM Part 10 file")],
+    file: Annotated[
+        list[UploadFile],
+        File(
+            description="8- or 16-bit grayscale PNG, or a DICOM Part 10 file. Several 'file' parts (DICOM "
+            "only, no reference): every result comes back as multipart/related; type=application/dicom, "
+            "in the order sent, or the whole request is refused"
+        ),
+    ],
     modality: Annotated[
         Modality | None,
         Form(description="the image's modality, one of the listed values; required for PNG, read from the DICOM "
@@ -146,8 +162,9 @@ async def denoise(
     accept: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> Response:
     wants_json = accept is not None and "application/json" in accept
+    uploads = [await part.read() for part in file]
     job = DenoiseRequest(
-        data=await file.read(),
+        data=uploads[0],
         modality=modality,
         model=model,
         strength=strength,
@@ -158,13 +175,9 @@ async def denoise(
         preview=preview_arrays and wants_json,
     )
     deadline = Deadline(settings.request_timeout_s)
-    try:
-        outcome = await run_until_done_or_gone(request, partial(pipeline.run, job, deadline), deadline)
-    except BaseException as error:
-        request.state.labels = labels_of(error)  # the request metrics count a failure by model
-        raise
-    request.state.labels = outcome.labels
-    telemetry.observe_outcome(outcome.seconds, outcome.modality, outcome.model.card.id, outcome.pixels)
+    if len(uploads) > 1:
+        return await _several(request, pipeline, telemetry, job, uploads, accept, deadline)
+    outcome = await _run_one(request, pipeline, telemetry, job, deadline)
 
     request_id = request.state.request_id
     timings = _milliseconds(outcome)
@@ -193,3 +206,87 @@ async def denoise(
     headers["X-Denoise-Metrics"] = _json_header(outcome.metrics)
     headers["Content-Disposition"] = f'inline; filename="denoised{FILE_SUFFIXES[outcome.format]}"'
     return Response(outcome.content, media_type=outcome.media_type, headers=headers)
+
+
+async def _run_one(
+    request: Request, pipeline: DenoisePipeline, telemetry: Telemetry, job: DenoiseRequest, deadline: Deadline
+) -> DenoiseOutcome:
+    try:
+        outcome = await run_until_done_or_gone(request, partial(pipeline.run, job, deadline), deadline)
+    except BaseException as error:
+        request.state.labels = labels_of(error)  # the request metrics count a failure by model
+        raise
+    request.state.labels = outcome.labels
+    telemetry.observe_outcome(outcome.seconds, outcome.modality, outcome.model.card.id, outcome.pixels)
+    return outcome
+
+
+# Instances of one request in flight at once: enough for their tiles to share model calls,
+# few enough that one request never fills a model's queue on its own.
+SEVERAL_AT_ONCE = 4
+
+
+async def _several(
+    request: Request,
+    pipeline: DenoisePipeline,
+    telemetry: Telemetry,
+    job: DenoiseRequest,
+    uploads: list[bytes],
+    accept: str | None,
+    deadline: Deadline,
+) -> Response:
+    """Several DICOM instances: all denoised, answered together in the order sent, or none."""
+    count = len(uploads)
+    if not multipart_answer.accepts(accept):
+        raise NotAcceptable(
+            f"The request has {count} files; several results come back as multipart/related; "
+            "type=\"application/dicom\", which the Accept header does not allow. Accept it, or send "
+            "one file per request."
+        )
+    if job.reference is not None:
+        raise InvalidRequest(
+            "A reference belongs to one image; send several files without a reference, or one file "
+            "with its reference.",
+            code="reference_with_several_files",
+        )
+    for index, data in enumerate(uploads, 1):
+        if sniff(data) != "dicom":
+            raise InvalidRequest(
+                f"File {index} of {count} is not DICOM: several files are answered as DICOM instances "
+                "in one multipart/related body, so each must be a DICOM file. Send PNGs one per request.",
+                code="several_files_not_dicom",
+            )
+    outcomes: list[DenoiseOutcome | None] = [None] * count
+    failures: list[tuple[int, BaseException]] = []
+    slots = anyio.Semaphore(SEVERAL_AT_ONCE)
+
+    async def one(index: int, group: anyio.abc.TaskGroup) -> None:
+        try:
+            async with slots:
+                outcomes[index] = await _run_one(request, pipeline, telemetry, replace(job, data=uploads[index]), deadline)
+        except Exception as error:
+            failures.append((index, error))
+            group.cancel_scope.cancel()  # all or nothing: the others need not finish
+
+    async with anyio.create_task_group() as group:
+        for index in range(count):
+            group.start_soon(one, index, group)
+    if failures:
+        index, error = min(failures, key=lambda failure: failure[0])
+        if isinstance(error, DenoiseError):
+            error.detail = f"File {index + 1} of {count}: {error.detail}"
+        raise error
+    parts = []
+    for outcome in outcomes:
+        assert outcome is not None
+        headers = {"X-Model-Id": outcome.model.card.id, "X-Denoise-Metrics": _json_header(outcome.metrics)}
+        if outcome.noise_level is not None:
+            headers["X-Noise-Level"] = _json_header(outcome.noise_level)
+        parts.append((headers, outcome.content))
+    body, content_type = multipart_answer.encode(parts, DICOM_MEDIA_TYPE)
+    done = [o for o in outcomes if o is not None]
+    return Response(body, media_type=content_type, headers={
+        "X-Model-Id": ", ".join(dict.fromkeys(o.model.card.id for o in done)),
+        "X-Execution-Provider": ", ".join(dict.fromkeys(o.model.execution_provider for o in done)),
+    })
+

@@ -1,0 +1,30 @@
+"""Several results in one answer: ``multipart/related`` (RFC 2387), as DICOMweb answers a
+retrieve of several instances (PS3.18 8.7.3.2): each part its own media type and headers, in the
+order the files were sent."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+
+MEDIA_TYPE = "multipart/related"
+
+
+def accepts(accept: str | None) -> bool:
+    """Whether a client's Accept header allows a multipart/related answer (no header: anything)."""
+    if accept is None or not accept.strip():
+        return True
+    ranges = {part.split(";")[0].strip().lower() for part in accept.split(",")}
+    return bool(ranges & {MEDIA_TYPE, "multipart/*", "*/*"})
+
+
+def encode(parts: Sequence[tuple[dict[str, str], bytes]], media_type: str) -> tuple[bytes, str]:
+    """(body, Content-Type) of ``parts``, each (headers, content), all of ``media_type``."""
+    boundary = uuid.uuid4().hex
+    delimiter = f"--{boundary}\r\n".encode()
+    chunks: list[bytes] = []
+    for headers, content in parts:
+        lines = [f"Content-Type: {media_type}", *(f"{name}: {value}" for name, value in headers.items())]
+        chunks += [delimiter, ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"), content, b"\r\n"]
+    chunks.append(f"--{boundary}--\r\n".encode())
+    return b"".join(chunks), f'{MEDIA_TYPE}; type="{media_type}"; boundary={boundary}'
