@@ -16,10 +16,11 @@ import json
 import logging
 from pathlib import Path
 
+from app.modality import modality_names
 from training.benchmark import evaluate_modality, verdict
 from training.report import update_cards, write_markdown
 from training.variants import evaluate_variants
-from app.modality import modality_names
+
 
 def main(argv: list[str] | None = None) -> None:
     from training.data.__main__ import default_cache

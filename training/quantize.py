@@ -36,6 +36,7 @@ from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, 
                                       quant_pre_process, quantize_static)
 
 from app.inference.card import ModelCard, read_card, write_card
+from app.modality import modality_names
 from training.config import TrainConfig
 from training.data.prepare import load_manifest
 from training.dataset import ValidationImage, validation_set
@@ -43,7 +44,6 @@ from training.benchmark import ESTIMATED, ServedModel, config_from_card, model_d
 from training.variants import evaluate_variant, service_session, variant_comparison, variant_test_metrics
 from training.export import code_version, sha256_file
 from training.inference import model_input, onnx_predictor
-from app.modality import modality_names
 
 log = logging.getLogger(__name__)
 

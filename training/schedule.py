@@ -17,6 +17,7 @@ import argparse
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+
 from app.modality import modality_names
 
 PRETRAIN_RUN = "pretrain-unet"

@@ -19,12 +19,12 @@ from typing import Any
 import numpy as np
 
 from app.inference.card import ModelCard, read_card, write_card
+from app.modality import modality_names
 from training.benchmark import (ESTIMATED, NOISY_INPUT, ServedModel, _mean, config_from_card, fp32_model_dirs,
                                 held_out_images, model_denoise, score)
 from training.dataset import ValidationImage
 from training.inference import UnitPredictor, model_input, onnx_predictor
 from training.report import card_levels
-from app.modality import modality_names
 
 log = logging.getLogger(__name__)
 

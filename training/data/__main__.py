@@ -11,9 +11,9 @@ import logging
 import os
 from pathlib import Path
 
+from app.modality import modality_names
 from training.data.prepare import prepare
 from training.data.sources import FIXTURE_SOURCES, SOURCES
-from app.modality import modality_names
 
 
 def default_cache() -> Path:
