@@ -23,7 +23,7 @@ from app.allocator import return_freed_memory
 from app.deadline import Deadline
 from app.errors import ImageTooLarge, InvalidRequest, ModalityNotServed, UnknownModality
 from app.imaging import codec, dicom, preview
-from app.imaging.dicom_derive import Provenance
+from app.imaging.dicom.derive import Provenance
 from app.imaging.image import ADMIT_ANY, BeforeDecode, Image
 from app.inference.batcher import BatchObserver, Ticket
 from app.modality import Modality, spelled_out

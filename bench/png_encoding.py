@@ -1,5 +1,5 @@
 """16-bit PNG encoders on the benchmark's images: time and size of each, so the service's choice
-(``app/imaging/png_writer.py``) is on record next to OpenCV's settings."""
+(``app/imaging/png/writer.py``) is on record next to OpenCV's settings."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from functools import partial
 import cv2
 import numpy as np
 
-from app.imaging import png_writer
+from app.imaging.png import writer as png_writer
 
 OPENCV_SETTINGS: dict[str, list[int]] = {
     "zlib 3, default filters (the first setting)": [cv2.IMWRITE_PNG_COMPRESSION, 3],

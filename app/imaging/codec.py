@@ -1,12 +1,66 @@
-"""Choose the codec from the bytes themselves (never from a file name or a client's media type)."""
+"""Choose the codec from the bytes themselves (never from a file name or a client's media type).
+
+Each format is one codec (the ``Codec`` protocol), defined in its own package and registered in
+``CODECS``; the functions here look it up rather than naming any format.
+"""
 
 from __future__ import annotations
 
-from app.errors import InvalidImage, InvalidRequest, UnsupportedImage
+from typing import Any, Protocol
+
+from app.errors import InvalidImage, UnsupportedImage
 from app.imaging import dicom, png
-from app.imaging.dicom_derive import Provenance
+from app.imaging.dicom.derive import Provenance
 from app.imaging.image import ADMIT_ANY, BeforeDecode, Image, ImageFormat
 from app.modality import Modality
+
+
+class Codec(Protocol):
+    """One image format: how to recognise it, read it, write it back and name it over HTTP.
+
+    Its images are ``Image[Any]`` here: each codec types its own ``meta``, and is handed back only
+    the images it decoded (looked up by ``Image.format``).
+    """
+
+    @property
+    def name(self) -> ImageFormat: ...
+
+    @property
+    def media_type(self) -> str: ...
+
+    @property
+    def file_suffix(self) -> str: ...
+
+    def sniff(self, data: bytes) -> bool:
+        """Whether ``data`` is in this format, from its first bytes."""
+        ...
+
+    def decode(
+        self,
+        data: bytes,
+        *,
+        modality: Modality | None,
+        max_pixels: int,
+        rescale_slope: float | None,
+        rescale_intercept: float | None,
+        before_decode: BeforeDecode,
+    ) -> Image[Any]:
+        """``data`` in modality units, or a domain error; refuses the request's options the format
+        has no use for."""
+        ...
+
+    def encode(self, image: Image[Any], provenance: Provenance) -> bytes:
+        """``image``, which this codec decoded, in its own format."""
+        ...
+
+    def check_derivable(self, image: Image[Any]) -> None:
+        """Refuse ``image`` if ``encode`` could not write a valid answer for it."""
+        ...
+
+
+# In the order ``sniff`` tries them.
+CODECS: tuple[Codec, ...] = (png.CODEC, dicom.CODEC)
+_BY_NAME: dict[ImageFormat, Codec] = {codec.name: codec for codec in CODECS}
 
 # Formats recognised only to refuse them with a useful message (415) rather than "not an image".
 _OTHER_IMAGE_MAGIC = {
@@ -18,15 +72,14 @@ _OTHER_IMAGE_MAGIC = {
     b"\x00\x00\x00\x0cjP  ": "JPEG 2000",
 }
 
-MEDIA_TYPES: dict[ImageFormat, str] = {"png": png.MEDIA_TYPE, "dicom": dicom.MEDIA_TYPE}
-FILE_SUFFIXES: dict[ImageFormat, str] = {"png": ".png", "dicom": ".dcm"}
+MEDIA_TYPES: dict[ImageFormat, str] = {codec.name: codec.media_type for codec in CODECS}
+FILE_SUFFIXES: dict[ImageFormat, str] = {codec.name: codec.file_suffix for codec in CODECS}
 
 
 def sniff(data: bytes) -> ImageFormat:
-    if data.startswith(png.PNG_SIGNATURE):
-        return "png"
-    if dicom.is_dicom(data):
-        return "dicom"
+    for codec in CODECS:
+        if codec.sniff(data):
+            return codec.name
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         raise UnsupportedImage("WebP is not supported; send an 8- or 16-bit grayscale PNG or DICOM.")
     for magic, name in _OTHER_IMAGE_MAGIC.items():
@@ -52,26 +105,21 @@ def decode(
     before_decode: BeforeDecode = ADMIT_ANY,
 ) -> Image:
     """``before_decode`` gets the pixel count once the header is read, before the pixels are."""
-    kind = sniff(data)
-    if kind == "dicom":
-        if rescale_slope is not None or rescale_intercept is not None:
-            raise InvalidRequest(
-                "rescale_slope and rescale_intercept apply to PNG only; a DICOM file carries "
-                "its own Rescale Slope and Intercept. Leave them out.",
-                code="rescale_not_applicable",
-            )
-        return dicom.decode(data, modality, max_pixels, before_decode)
-    return png.decode(data, modality, max_pixels, rescale_slope, rescale_intercept, before_decode)
+    return _BY_NAME[sniff(data)].decode(
+        data,
+        modality=modality,
+        max_pixels=max_pixels,
+        rescale_slope=rescale_slope,
+        rescale_intercept=rescale_intercept,
+        before_decode=before_decode,
+    )
 
 
 def check_derivable(image: Image) -> None:
     """Refuse now, before any model runs, what ``encode`` could not turn into a valid answer."""
-    if isinstance(image.meta, dicom.DicomMeta):
-        dicom.check_derivable(image.meta.dataset)
+    _BY_NAME[image.format].check_derivable(image)
 
 
 def encode(image: Image, provenance: Provenance) -> bytes:
     """Write ``image`` in its own format; ``provenance`` is recorded where the format has room."""
-    if image.format == "dicom":
-        return dicom.encode(image, provenance)
-    return png.encode(image)
+    return _BY_NAME[image.format].encode(image, provenance)

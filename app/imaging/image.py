@@ -2,21 +2,28 @@
 
 Pixels travel through the service in the modality's own units (CT: Hounsfield units) as float64,
 frame by frame. The codec that decoded an image keeps what it needs to write it back the same
-way (bit depth, signedness, rescale, DICOM header) in ``meta``.
+way (bit depth, signedness, rescale, DICOM header) in ``meta``, typed per format.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 import numpy as np
 
 from app.blocks import in_row_blocks
 from app.modality import Modality
 
+if TYPE_CHECKING:  # each format's codec imports this module, so at run time these would be a cycle
+    from app.imaging.dicom.read import DicomMeta
+    from app.imaging.png.codec import PngMeta
+
 ImageFormat = Literal["png", "dicom"]
+# ``Image.meta``: what the image's codec keeps to write it back, one type per format
+# (``Image[DicomMeta]``, ``Image[PngMeta]``).
+Meta = TypeVar("Meta", bound="PngMeta | DicomMeta")
 # Called with the image's frame count and pixels per frame once its header is read and before any
 # pixel is decoded: the service admits the request against its memory budget there (app/memory.py).
 BeforeDecode = Callable[[int, int], None]
@@ -40,7 +47,7 @@ def within_units_limit(low: float, high: float) -> bool:
     return bool(-UNITS_LIMIT <= low <= high <= UNITS_LIMIT)
 
 
-# The two directions of a linear modality LUT, for PNG (below) and DICOM (``dicom_lut``). One
+# The two directions of a linear modality LUT, for PNG (below) and DICOM (``dicom.lut``). One
 # float64 result array each, changed in place: every temporary of an image's size costs a pass
 # over memory, and at concurrency 1 these steps are on the request's critical path.
 
@@ -108,7 +115,7 @@ class StoredRange:
 
 
 @dataclass(frozen=True)
-class Image:
+class Image(Generic[Meta]):
     """``frames``: (frames, rows, columns) float64 in ``units``, MONOCHROME2 orientation."""
 
     frames: np.ndarray
@@ -116,13 +123,13 @@ class Image:
     modality: Modality | None
     units: str
     stored: StoredRange
-    meta: Any = None
+    meta: Meta
 
     @property
     def pixel_count(self) -> int:
         return int(self.frames.size)
 
-    def with_frames(self, frames: np.ndarray) -> Image:
+    def with_frames(self, frames: np.ndarray) -> Image[Meta]:
         if frames.shape != self.frames.shape:
             raise ValueError(f"frames shape {frames.shape} differs from {self.frames.shape}")
         return Image(frames, self.format, self.modality, self.units, self.stored, self.meta)

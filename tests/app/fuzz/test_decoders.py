@@ -32,7 +32,7 @@ from pydicom.sequence import Sequence
 
 from app.errors import DenoiseError
 from app.imaging import codec, preview
-from app.imaging.dicom_derive import Provenance
+from app.imaging.dicom.derive import Provenance
 from app.imaging.image import Image
 from app.modality import Modality
 from tests.app.fuzz import builders as b

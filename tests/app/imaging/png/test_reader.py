@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.imaging import png, png_reader, png_writer
+from app.errors import InvalidImage
+from app.imaging import png
+from app.imaging.png import reader as png_reader, writer as png_writer
 from tests.app.fuzz.builders import ihdr, png_chunk
 from tests.files import png_bytes, read_png
 
@@ -209,7 +211,7 @@ def test_broken_files_are_refused_as_before() -> None:
         except cv2.error:
             opencv = None
         if opencv is None or opencv.shape != IMAGE.shape:
-            with pytest.raises(png.InvalidImage):
+            with pytest.raises(InvalidImage):
                 png.decode(data, "ct", 10**6)
         else:
             np.testing.assert_array_equal(png.decode(data, "mr", 10**6).frames[0], opencv)

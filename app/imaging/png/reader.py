@@ -2,12 +2,12 @@
 
 OpenCV's libpng inflates with zlib and reconstructs each row byte by byte: for the benchmark's
 16-bit 512 x 512 CT slice, the largest step of a PNG request after the model. Many writers use a
-single filter for the whole image: OpenCV's own encoder Sub on every row, this
-service's ``png_writer`` Up. For those, ISA-L inflates the stream (``isal``, already what
-``png_writer`` deflates with) and numpy reverses the filter for all rows at once, as a prefix
-sum by doubling (Sub: along each row; Up: down the columns; bytes wrap modulo 256 as the PNG
-specification's filter arithmetic does), in less time than libpng's row loop (docs/BENCHMARKS.md,
-"Tuning decisions", PNG decoding of single-filter files, and "Figures behind choices in the code").
+single filter for the whole image: OpenCV's own encoder Sub on every row, this service's
+``writer`` Up. For those, ISA-L inflates the stream (``isal``, already what ``writer`` deflates
+with) and numpy reverses the filter for all rows at once, as a prefix sum by doubling (Sub: along
+each row; Up: down the columns; bytes wrap modulo 256 as the PNG specification's filter
+arithmetic does), in less time than libpng's row loop (docs/BENCHMARKS.md, "Tuning decisions",
+PNG decoding of single-filter files, and "Figures behind choices in the code").
 
 Only a file in that plain shape is read here; the answer is None for anything else, and OpenCV
 reads it as before, so every error and leniency stays libpng's: a CRC that does not match, a

@@ -9,8 +9,9 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
-from app.imaging import dicom, dicom_derive, dicom_writer
-from app.imaging.dicom_derive import Provenance
+from app.imaging import dicom
+from app.imaging.dicom import derive, part10, read, write
+from app.imaging.dicom.derive import Provenance
 from tests.app.fuzz import builders as b
 from tests.files import dicom_file
 
@@ -35,16 +36,16 @@ def _derived_from_bytes(data: bytes) -> Dataset:
     image = dicom.decode(data, "ct", max_pixels=10**8)
     meta: dicom.DicomMeta = image.meta
     ds = dicom.header_copy(meta.dataset, meta.as_read)
-    if not dicom._syntax(meta.dataset).is_little_endian:
-        dicom._decode_every_value(ds)
-    dicom_derive.mark_derived(ds, meta.dataset, Provenance("m", "1"), meta.lossy, datetime(2026, 12, 1))
+    if not read.transfer_syntax(meta.dataset).is_little_endian:
+        write._decode_every_value(ds)
+    derive.mark_derived(ds, meta.dataset, Provenance("m", "1"), meta.lossy, datetime(2026, 12, 1))
     stored = dicom.stored_values_of(image.with_frames(image.frames + 1))
-    ds[0x7FE00010] = dicom._pixel_data_element(stored, int(meta.dataset.BitsAllocated))
+    ds[0x7FE00010] = write._pixel_data_element(stored, int(meta.dataset.BitsAllocated))
     return ds
 
 
 def _pydicom_bytes(ds: Dataset) -> bytes:
-    ds.file_meta = dicom._file_meta(ds)
+    ds.file_meta = write._file_meta(ds)
     out = io.BytesIO()
     pydicom.dcmwrite(out, ds, implicit_vr=False, little_endian=True, enforce_file_format=True)
     del ds.file_meta
@@ -54,7 +55,7 @@ def _pydicom_bytes(ds: Dataset) -> bytes:
 @pytest.mark.parametrize("name", SOURCES)
 def test_the_writer_writes_what_pydicom_writes(name: str) -> None:
     ds = _derived(name)
-    written = dicom_writer.part10(ds, dicom._file_meta(ds))
+    written = part10.part10(ds, write._file_meta(ds))
     assert written == _pydicom_bytes(ds)
 
 
@@ -63,16 +64,16 @@ def test_an_element_as_read_is_written_back_as_its_bytes() -> None:
     ds = _derived("693_UNCR.dcm")
     raw = pydicom.dataelem.RawDataElement(pydicom.tag.Tag(0x00080064), "CS", 4, b"WSD\x00", 0, False, True)
     ds[0x00080064] = raw
-    assert b"CS\x04\x00WSD\x00" in dicom_writer.part10(ds, dicom._file_meta(ds))
+    assert b"CS\x04\x00WSD\x00" in part10.part10(ds, write._file_meta(ds))
     ds[0x00080064] = pydicom.dataelem.convert_raw_data_element(raw)
-    assert b"CS\x04\x00WSD " in dicom_writer.part10(ds, dicom._file_meta(ds))
+    assert b"CS\x04\x00WSD " in part10.part10(ds, write._file_meta(ds))
 
 
 def test_command_and_file_meta_elements_in_the_dataset_are_refused() -> None:
     ds = _derived("693_UNCR.dcm")
     ds.add_new(0x00020016, "AE", "SOURCE")
     with pytest.raises(ValueError):
-        dicom_writer.part10(ds, dicom._file_meta(ds))
+        part10.part10(ds, write._file_meta(ds))
 
 
 def test_elements_decoding_read_are_written_back_as_they_came() -> None:
@@ -96,7 +97,7 @@ def test_the_header_kept_for_writing_holds_no_pixel_data() -> None:
 
 def _every_kind_of_value(character_set: str | None) -> Dataset:
     """A header as read from an Explicit VR Little Endian file, then given new values of each
-    kind ``dicom_elements`` encodes itself, and of the kinds it leaves to pydicom."""
+    kind ``elements`` encodes itself, and of the kinds it leaves to pydicom."""
     ds = dicom.decode(dicom_file("693_UNCR.dcm"), "ct", max_pixels=10**8).meta.dataset
     ds = dicom.header_copy(ds)
     if character_set is not None:
@@ -144,7 +145,7 @@ def _every_kind_of_value(character_set: str | None) -> Dataset:
 @pytest.mark.parametrize("character_set", [None, "ISO_IR 100", "ISO_IR 192"])
 def test_every_kind_of_value_is_written_as_pydicom_writes_it(character_set: str | None) -> None:
     ds = _every_kind_of_value(character_set)
-    assert dicom_writer.part10(ds, dicom._file_meta(ds)) == _pydicom_bytes(ds)
+    assert part10.part10(ds, write._file_meta(ds)) == _pydicom_bytes(ds)
 
 
 @pytest.mark.parametrize(
@@ -154,10 +155,10 @@ def test_every_kind_of_value_is_written_as_pydicom_writes_it(character_set: str 
 )
 def test_a_derived_ct_header_needs_nothing_written_by_pydicom(data: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
     by_pydicom: list[object] = []
-    monkeypatch.setattr(dicom_writer, "write_data_element", lambda out, element, enc: by_pydicom.append(element.tag))
-    monkeypatch.setattr(dicom_writer, "write_dataset", lambda out, ds: by_pydicom.append("the whole dataset"))
+    monkeypatch.setattr(part10, "write_data_element", lambda out, element, enc: by_pydicom.append(element.tag))
+    monkeypatch.setattr(part10, "write_dataset", lambda out, ds: by_pydicom.append("the whole dataset"))
     ds = _derived_from_bytes(data)
-    dicom_writer.part10(ds, dicom._file_meta(ds))
+    part10.part10(ds, write._file_meta(ds))
     assert by_pydicom == []
 
 
@@ -166,4 +167,4 @@ def test_values_pydicom_refuses_are_still_refused_by_pydicom() -> None:
     with pytest.warns(UserWarning, match="between 0 and 65535"):
         ds.add_new(0x00091001, "US", 70000)
     with pytest.raises(OSError, match="70000"):
-        dicom_writer.part10(ds, dicom._file_meta(ds))
+        part10.part10(ds, write._file_meta(ds))

@@ -1,61 +1,50 @@
-"""DICOM in and out: grayscale images to physical units and back, as a derived instance.
+"""Reading DICOM: a grayscale image to physical units (PS3.3 C.7.6.3 Image Pixel module, C.11.1
+Modality LUT).
 
-Reading (PS3.3 C.7.6.3 Image Pixel module, C.11.1 Modality LUT):
-* before anything is decoded, ``dicom_checks`` holds the header to the data (bounded inflation,
+* before anything is decoded, ``checks`` holds the header to the data (bounded inflation,
   readable values, pixel data length, each compressed frame's declared size, finite LUT), so a
   lying header is a 4xx, never an exception or a decoder allocating what the header claims;
 * the stored values are decoded by pydicom: uncompressed (implicit and explicit VR, little and
   big endian), deflated, RLE, and through the pylibjpeg plugins JPEG baseline / extended /
   lossless, JPEG-LS and JPEG 2000 (HTJ2K too);
-* the modality LUT (``dicom_lut``: Rescale Slope / Intercept, a Modality LUT Sequence, or each
+* the modality LUT (``lut``: Rescale Slope / Intercept, a Modality LUT Sequence, or each
   frame's Pixel Value Transformation) takes them to modality units, so CT is in Hounsfield
   units. VOI LUT and Window Center / Width are never applied;
 * MONOCHROME1 (high value = dark, common for CR/DX) is mirrored within its range of units so the
-  model sees MONOCHROME2 orientation, as in training; writing mirrors back;
+  model sees MONOCHROME2 orientation, as in training; writing mirrors back (``write``);
 * every frame of a multi-frame object is denoised;
 * colour, palette and YBR images (ultrasound, secondary capture), 1-bit and float pixel data are
   refused with what is supported.
-
-Writing: a derived instance (``dicom_derive`` writes its header) with the input's Bits
-Allocated, Bits Stored, High Bit, Pixel Representation and Photometric Interpretation; values
-go back through the inverse modality LUT, rounded and clipped to the stored range; pixels in the
-Pixel Padding Value range are written back unchanged; Smallest / Largest Image Pixel Value are
-recomputed; uncompressed Explicit VR Little Endian. The source dataset is never modified.
 """
 
 from __future__ import annotations
 
-import copy
 import io
-import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
 
 import numpy as np
 import pydicom
-from pydicom.dataelem import DataElement, RawDataElement
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
 from pydicom.encaps import generate_frames
 from pydicom.pixels import get_decoder
 from pydicom.tag import BaseTag
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian
 from pydicom.valuerep import VR
 
 from app.errors import ImageTooLarge, InvalidImage, UnsupportedImage
-from app.imaging import dicom_checks, dicom_derive, dicom_writer
-from app.imaging.dicom_checks import READ_ERRORS, PixelLayout
-from app.imaging.dicom_derive import LossyCompression, Provenance
-from app.imaging.dicom_lut import ModalityLUT, invert_monochrome1, modality_luts, units_name
+from app.imaging.dicom import checks, derive
+from app.imaging.dicom.checks import READ_ERRORS, PixelLayout
+from app.imaging.dicom.derive import LossyCompression
+from app.imaging.dicom.lut import ModalityLUT, invert_monochrome1, modality_luts, units_name
 from app.imaging.image import ADMIT_ANY, UNITS_LIMIT, BeforeDecode, Image, StoredRange, within_units_limit
 from app.modality import Modality, from_dicom_code, profile
-from app.version import SOFTWARE_VERSION
 
-MEDIA_TYPE = "application/dicom"
 PREAMBLE_LENGTH = 128
 MAGIC = b"DICM"
-_PIXEL_DATA = 0x7FE00010
-IMPLEMENTATION_VERSION_NAME = "MEDDENOISE_" + SOFTWARE_VERSION.replace(".", "")[:5]
+PIXEL_DATA = 0x7FE00010
+
 
 @dataclass(frozen=True)
 class DicomMeta:
@@ -69,7 +58,7 @@ class DicomMeta:
     lossy: LossyCompression | None  # how the pixel data was lossy compressed in transit, if so
     stored_limits: tuple[int, int]  # lowest and highest stored value (Bits Stored, Pixel Representation)
     # The header's elements as read, before decoding converted the few it reads (Rows, Rescale
-    # Slope, ...): the derived instance writes those back as they came too (``header_copy``).
+    # Slope, ...): the derived instance writes those back as they came too (``write.header_copy``).
     as_read: Mapping[BaseTag, RawDataElement] = field(default_factory=dict)
 
     @property
@@ -95,7 +84,7 @@ def tags_of(modalities: list[str]) -> str:
 
 
 def _read(data: bytes, max_pixels: int) -> Dataset:
-    dicom_checks.check_deflated_size(data, dicom_checks.max_inflated_bytes(max_pixels))
+    checks.check_deflated_size(data, checks.max_inflated_bytes(max_pixels))
     try:
         ds = pydicom.dcmread(io.BytesIO(data))
     except READ_ERRORS:
@@ -103,8 +92,8 @@ def _read(data: bytes, max_pixels: int) -> Dataset:
             "The DICOM file could not be parsed (truncated or corrupt); send the complete Part 10 file."
         ) from None
     _drop_group_lengths(ds)
-    dicom_checks.check_values(ds.file_meta)
-    dicom_checks.check_values(ds)
+    checks.check_values(ds.file_meta)
+    checks.check_values(ds)
     if "SOPClassUID" not in ds:
         # The derived instance must name its class; the file meta may still say it (PS3.10 7.1).
         sop_class = ds.file_meta.get("MediaStorageSOPClassUID")
@@ -112,9 +101,6 @@ def _read(data: bytes, max_pixels: int) -> Dataset:
             raise InvalidImage("The DICOM object has no SOP Class UID; send a valid image instance.")
         ds.SOPClassUID = sop_class
     return ds
-
-
-check_derivable = dicom_checks.check_derivable
 
 
 def _drop_group_lengths(ds: Dataset) -> None:
@@ -125,7 +111,7 @@ def _drop_group_lengths(ds: Dataset) -> None:
         del ds[tag]
 
 
-def _syntax(ds: Dataset) -> UID:
+def transfer_syntax(ds: Dataset) -> UID:
     syntax = UID(str(ds.file_meta.get("TransferSyntaxUID", ExplicitVRLittleEndian)))
     if not syntax.is_transfer_syntax:
         raise UnsupportedImage(
@@ -136,14 +122,14 @@ def _syntax(ds: Dataset) -> UID:
 
 
 def _check_pixel_data(ds: Dataset, layout: PixelLayout) -> None:
-    """The pixel data must be what the header says, before any decoder sees it (``dicom_checks``)."""
-    syntax = _syntax(ds)
+    """The pixel data must be what the header says, before any decoder sees it (``checks``)."""
+    syntax = transfer_syntax(ds)
     if syntax.is_encapsulated:
-        dicom_checks.check_frame_sizes(ds, syntax, layout)
+        checks.check_frame_sizes(ds, syntax, layout)
     elif not isinstance(ds.PixelData, bytes):
         raise InvalidImage("The DICOM Pixel Data element holds no pixel bytes; send a valid image.")
     else:
-        dicom_checks.check_native_length(ds.PixelData, layout)
+        checks.check_native_length(ds.PixelData, layout)
 
 
 def native_little_endian_pixels(pixel_data: bytes, layout: PixelLayout) -> np.ndarray:
@@ -151,7 +137,7 @@ def native_little_endian_pixels(pixel_data: bytes, layout: PixelLayout) -> np.nd
     order, as pydicom decodes it: the bits above Bits Stored do not count, so a value is its low
     Bits Stored bits, sign-extended when Pixel Representation is 1.
 
-    ``pixel_data`` holds at least ``layout.native_bytes`` (``dicom_checks.check_native_length``).
+    ``pixel_data`` holds at least ``layout.native_bytes`` (``checks.check_native_length``).
     pydicom's decoder takes longer to set up for a CT slice than the copy itself takes
     (docs/BENCHMARKS.md, "Tuning decisions", DICOM read and write).
     """
@@ -167,7 +153,7 @@ def native_little_endian_pixels(pixel_data: bytes, layout: PixelLayout) -> np.nd
 
 
 def _decode_pixels(ds: Dataset, layout: PixelLayout) -> np.ndarray:
-    syntax = _syntax(ds)
+    syntax = transfer_syntax(ds)
     if not syntax.is_encapsulated and syntax.is_little_endian and isinstance(ds.PixelData, bytes):
         return native_little_endian_pixels(ds.PixelData, layout)
     try:
@@ -218,14 +204,14 @@ def _padding(ds: Dataset, stored_values: np.ndarray) -> tuple[np.ndarray, np.nda
 
 def _lossy_compression(ds: Dataset, frames: int, stored_bytes: int) -> LossyCompression | None:
     """How the pixel data arrived lossy compressed, with the ratio of its size (C.7.6.1.1.5.2)."""
-    syntax = _syntax(ds)
+    syntax = transfer_syntax(ds)
     if not syntax.is_encapsulated:
         return None
     try:
         first = next(generate_frames(ds.PixelData, number_of_frames=frames), None)
     except Exception:  # a malformed fragment table only leaves JPEG 2000's lossiness unknown
         first = None
-    method = dicom_derive.lossy_method(syntax, first)
+    method = derive.lossy_method(syntax, first)
     if method is None:
         return None
     return LossyCompression(method=method, ratio=stored_bytes / max(len(ds.PixelData), 1))
@@ -242,11 +228,11 @@ def _modality_luts(
             "The DICOM modality LUT (Rescale Slope / Intercept or Modality LUT Sequence) cannot be "
             "read; send a valid header."
         ) from None
-    dicom_checks.check_luts_bounded(luts, *layout.stored_limits)
+    checks.check_luts_bounded(luts, *layout.stored_limits)
     return luts, units
 
 
-def _per_frame(
+def per_frame(
     luts: tuple[ModalityLUT, ...], frames: np.ndarray, apply: Callable[[ModalityLUT, np.ndarray], np.ndarray]
 ) -> np.ndarray:
     """``apply`` each frame's LUT to its frame; one call on the whole stack when every frame has
@@ -264,7 +250,7 @@ def _elements_as_read(ds: Dataset) -> dict[BaseTag, RawDataElement]:
     return {
         tag: element
         for tag in ds.keys()
-        if tag != _PIXEL_DATA
+        if tag != PIXEL_DATA
         and isinstance(element := ds.get_item(tag), RawDataElement)
         and element.VR != VR.UN
     }
@@ -272,10 +258,10 @@ def _elements_as_read(ds: Dataset) -> dict[BaseTag, RawDataElement]:
 
 def decode(
     data: bytes, modality: Modality | None, max_pixels: int, before_decode: BeforeDecode = ADMIT_ANY
-) -> Image:
+) -> Image[DicomMeta]:
     ds = _read(data, max_pixels)
     as_read = _elements_as_read(ds)
-    layout = dicom_checks.pixel_layout(ds)
+    layout = checks.pixel_layout(ds)
     _check_pixel_data(ds, layout)
     if layout.pixel_count > max_pixels:
         raise ImageTooLarge(
@@ -286,14 +272,14 @@ def decode(
     luts, units = _modality_luts(ds, layout, profile(modality).units if modality else "stored value")
     before_decode(layout.frames, layout.rows * layout.columns)
     stored_values = _decode_pixels(ds, layout)
-    frames = _per_frame(luts, stored_values, ModalityLUT.to_units)
+    frames = per_frame(luts, stored_values, ModalityLUT.to_units)
     photometric = str(ds.PhotometricInterpretation).upper()
     lossy = _lossy_compression(ds, layout.frames, stored_values.size * layout.bits_allocated // 8)
     padding = _padding(ds, stored_values)
     del ds.PixelData  # decoded above; the header alone is kept to write the derived instance
     meta = DicomMeta(ds, photometric, stored_values.dtype, luts, padding, lossy, layout.stored_limits, as_read)
     if photometric == "MONOCHROME1":
-        frames = invert_monochrome1(frames, _units_ranges(meta))
+        frames = invert_monochrome1(frames, units_ranges(meta))
     if not within_units_limit(*_units_extremes(meta, stored_values, frames)):
         # Stored values beyond Bits Stored's range escape the LUT check above.
         raise InvalidImage(
@@ -326,123 +312,6 @@ def _units_extremes(meta: DicomMeta, stored_values: np.ndarray, frames: np.ndarr
     return float(frames.min()), float(frames.max())
 
 
-def _units_ranges(meta: DicomMeta) -> list[tuple[float, float]]:
+def units_ranges(meta: DicomMeta) -> list[tuple[float, float]]:
     low, high = meta.stored_limits
     return [lut.units_range(low, high) for lut in meta.luts]
-
-
-def stored_values_of(image: Image) -> np.ndarray:
-    """The frames in stored values: MONOCHROME1 mirrored back, inverse modality LUT, clipped.
-
-    Pixels that were padding in the source get their source value back, so padding stays
-    padding (PS3.3 C.7.5.1.1.2).
-    """
-    meta: DicomMeta = image.meta
-    frames = image.frames
-    if meta.photometric == "MONOCHROME1":
-        frames = invert_monochrome1(frames, _units_ranges(meta))
-    low, high = meta.stored_limits
-    stored = _per_frame(meta.luts, frames, lambda lut, values: lut.to_stored(values, low, high, meta.dtype))
-    if meta.padding is not None:
-        mask, values = meta.padding
-        stored[mask] = values  # the denoised padding is discarded: padding stays padding
-    return stored
-
-
-def _pixel_data_element(values: np.ndarray, bits_allocated: int) -> DataElement:
-    raw = values.astype(values.dtype.newbyteorder("<"), copy=False).tobytes()
-    if len(raw) % 2:
-        raw += b"\x00"  # values have even length (PS3.5 7.1.1)
-    return DataElement(_PIXEL_DATA, "OB" if bits_allocated == 8 else "OW", raw)
-
-
-def _file_meta(ds: Dataset) -> FileMetaDataset:
-    """PS3.10 7.1: this writer's implementation, the new instance, Explicit VR Little Endian."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
-    return meta
-
-
-_WORD_SIZES = {"OW": 2, "OF": 4, "OL": 4, "OD": 8, "OV": 8}
-
-
-def _decode_every_value(ds: Dataset) -> None:
-    """Prepare a header read as big endian for writing as Explicit VR Little Endian (PS3.5 7.3).
-
-    Walking every element makes pydicom decode the values it kept raw; the bytes of OW, OF, OL,
-    OD and OV values (LUT data, overlays) are byte-swapped from big endian word by word. Little
-    endian headers need neither: pydicom decodes raw elements itself when the encodings differ
-    (implicit VR), and writes them as they are when they match.
-    """
-    for element in ds.iterall():
-        size = _WORD_SIZES.get(str(element.VR))
-        if size and isinstance(element.value, bytes) and len(element.value) % size == 0:
-            element.value = np.frombuffer(element.value, f">u{size}").astype(f"<u{size}").tobytes()
-
-
-def header_copy(source: Dataset, as_read: Mapping[BaseTag, RawDataElement] | None = None) -> Dataset:
-    """A copy of ``source`` that writing the derived instance may change without touching it.
-
-    Every top-level element that was parsed is a new element holding the same value, so
-    assigning a value (all that ``dicom_derive`` does at the top level) leaves the source alone;
-    values are replaced, never changed in place. Sequences are where items are changed in place
-    (the functional groups of enhanced objects, big-endian word swaps): those are copied whole.
-    Elements still as read (``dicom_checks.check_values`` leaves them so) are immutable and shared;
-    so are those of ``as_read``, ``source``'s elements as read before some were converted (its
-    values are never changed, so each converted element holds what its raw one encodes).
-    A deep copy of the whole header took a large part of writing a CT slice
-    (docs/BENCHMARKS.md, "Tuning decisions", DICOM header).
-    The source's preamble is not copied: the derived file's preamble is zeros.
-    """
-    as_read = as_read or {}
-    elements: dict[BaseTag, DataElement | RawDataElement] = {}
-    sequences_and_private = []
-    for tag in source.keys():
-        element = as_read.get(tag)
-        if element is None:
-            element = source.get_item(tag)
-        assert element is not None  # a key of the dataset
-        if int(tag) >> 16 & 1 or element.VR == VR.SQ:
-            sequences_and_private.append(element)
-        elif element.is_raw:  # still as read: immutable, written back as it came
-            elements[tag] = element
-        else:
-            elements[tag] = copy.copy(element)
-    # The others need none of what ``Dataset.__setitem__`` does per element (private creators,
-    # the Pixel Representation passed into sequences): a mapping is stored as it is.
-    ds = Dataset(elements)
-    implicit, little = source.original_encoding
-    if implicit is not None and little is not None:
-        ds.set_original_encoding(implicit, little, source.original_character_set)
-    for element in sequences_and_private:
-        if not element.is_raw:
-            element = copy.deepcopy(element) if element.VR == VR.SQ else copy.copy(element)
-        ds[element.tag] = element
-    return ds
-
-
-def encode(image: Image, provenance: Provenance, now: datetime | None = None) -> bytes:
-    """A derived instance holding ``image.frames``, made by the model ``provenance`` names."""
-    meta: DicomMeta = image.meta
-    source = meta.dataset
-    ds = header_copy(source, meta.as_read)
-    if not _syntax(source).is_little_endian:
-        _decode_every_value(ds)
-    stored = stored_values_of(image)
-    dicom_derive.mark_derived(ds, source, provenance, meta.lossy, now or datetime.now())
-    bits_allocated = int(source.BitsAllocated)
-    ds[_PIXEL_DATA] = _pixel_data_element(stored, bits_allocated)
-    for keyword in ("SmallestImagePixelValue", "LargestImagePixelValue"):
-        if keyword in source:  # kept true rather than dropped: viewers use them for a first window
-            setattr(ds, keyword, int(stored.min() if keyword.startswith("Smallest") else stored.max()))
-    try:
-        return dicom_writer.part10(ds, _file_meta(ds))
-    except (ValueError, TypeError, OverflowError, struct.error):
-        raise InvalidImage(
-            "The DICOM header holds values that cannot be written back as Explicit VR Little Endian; "
-            "send a file whose header is valid."
-        ) from None

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image as PILImage
 
-from app.imaging import png_writer
+from app.imaging.png import writer as png_writer
 
 
 def chunks(data: bytes) -> list[tuple[bytes, bytes]]:

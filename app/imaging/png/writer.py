@@ -20,7 +20,7 @@ same ratio (``isal``, the Python bindings that ``xopen`` and ``dnaio`` use). So:
 * no ancillary chunks: readers assume nothing about gamma or colour space for grayscale data,
   and the service's PNG carries no units (README, "PNG units").
 
-Decoding is OpenCV's, but for the plain single-filter files ``png_reader`` reads faster (this
+Decoding is OpenCV's, but for the plain single-filter files ``reader`` reads faster (this
 writer's among them); a reader must handle every filter, interlacing and damaged files.
 """
 

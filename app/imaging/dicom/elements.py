@@ -7,7 +7,7 @@ answers None and the writer hands the element to pydicom's ``write_data_element`
 also what decides every error. pydicom sets up a buffer, converts the character sets and looks
 up a writer per element: for a CT slice's derived header, a large part of writing it
 (docs/BENCHMARKS.md, "Figures behind choices in the code").
-``tests/app/imaging/test_dicom_writer.py`` holds the two to the same bytes.
+``tests/app/imaging/dicom/test_part10.py`` holds the two to the same bytes.
 """
 
 from __future__ import annotations

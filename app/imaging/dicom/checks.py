@@ -46,8 +46,8 @@ from pydicom.uid import (
 from pydicom.valuerep import AMBIGUOUS_VR, VR
 
 from app.errors import ImageTooLarge, InvalidImage, MissingPixelData, NotDenoisable, UnsupportedImage
-from app.imaging.codestream import DeclaredSize, j2k_size, jpeg_size
-from app.imaging.dicom_lut import ModalityLUT
+from app.imaging.dicom.codestream import DeclaredSize, j2k_size, jpeg_size
+from app.imaging.dicom.lut import ModalityLUT
 from app.imaging.image import UNITS_LIMIT, within_units_limit
 
 # What pydicom and the standard library raise for bytes that are not what the header says.

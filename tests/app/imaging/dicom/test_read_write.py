@@ -11,8 +11,9 @@ from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
 from app.errors import InvalidImage, MissingPixelData, UnsupportedImage
 from app.imaging import dicom
-from app.imaging.dicom_derive import Provenance
-from app.imaging.dicom_lut import ModalityLUT
+from app.imaging.dicom import read
+from app.imaging.dicom.derive import Provenance
+from app.imaging.dicom.lut import ModalityLUT
 from app.imaging.image import Image
 from tests.app.fuzz import builders as b
 from tests.files import dicom_file
@@ -202,7 +203,7 @@ def test_the_units_limit_is_checked_from_the_stored_extremes(slope: str, interce
         return
     image = dicom.decode(data, None, 10**6)
     stored = dicom.stored_values_of(image)
-    assert dicom._units_extremes(image.meta, stored, image.frames) == (image.frames.min(), image.frames.max())
+    assert read._units_extremes(image.meta, stored, image.frames) == (image.frames.min(), image.frames.max())
     assert image.frames.min() < image.frames.max()  # the pixels vary, so the order of the ends counts
 
 
@@ -365,7 +366,7 @@ def test_lossy_compression_of_the_source_is_carried(name: str, lossy: str | None
 def test_j2k_wavelet_is_read_from_the_codestream() -> None:
     from pydicom.encaps import generate_frames
 
-    from app.imaging.dicom_derive import j2k_is_irreversible
+    from app.imaging.dicom.derive import j2k_is_irreversible
 
     for name, irreversible in (("RG1_J2KI.dcm", True), ("RG1_J2KR.dcm", False)):
         ds = pydicom.dcmread(io.BytesIO(dicom_file(name)))
@@ -474,7 +475,7 @@ def test_a_remembered_readable_value_never_vouches_for_another() -> None:
 
 
 def test_series_numbers_have_a_slot_per_model_and_strength() -> None:
-    from app.imaging.dicom_derive import Provenance, series_number
+    from app.imaging.dicom.derive import Provenance, series_number
 
     default = series_number(2, Provenance("ct-unet", "2.1.0", 1.0))
     assert default == series_number("2", Provenance("ct-unet", "2.2.0", 1.0))  # a new version keeps it

@@ -1,11 +1,11 @@
 """The derived instance as a Part 10 file in Explicit VR Little Endian (PS3.10 7.1, PS3.5 7.1.2).
 
-pydicom writes it, except where ``dicom_elements`` encodes an element itself: the elements
-still as read from an Explicit VR Little Endian source (``dicom_checks.check_values`` leaves
-most of a header so) are copied through as their tag, VR, length and value bytes, and the text,
-numbers and sequences ``dicom_derive`` sets are encoded as pydicom encodes them, less the buffer
-and the conversions it sets up per element (docs/BENCHMARKS.md, "Tuning decisions", the derived
-header encoded by the service). Every other element, and every dataset with another encoding or
+pydicom writes it, except where ``elements`` encodes an element itself: the elements still as
+read from an Explicit VR Little Endian source (``checks.check_values`` leaves most of a header
+so) are copied through as their tag, VR, length and value bytes, and the text, numbers and
+sequences ``derive`` sets are encoded as pydicom encodes them, less the buffer and the
+conversions it sets up per element (docs/BENCHMARKS.md, "Tuning decisions", the derived header
+encoded by the service). Every other element, and every dataset with another encoding or
 character set, goes through pydicom's writer; the file is joined once, at the end.
 """
 
@@ -20,7 +20,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_data_element, write_dataset, write_file_meta_info
 from pydicom.tag import tag_in_exception
 
-from app.imaging.dicom_elements import EXPLICIT_LITTLE, Chunks, chunks_length, dataset_chunks
+from app.imaging.dicom.elements import EXPLICIT_LITTLE, Chunks, chunks_length, dataset_chunks
 
 PREAMBLE = b"\x00" * 128 + b"DICM"
 _GROUP_LENGTH = 0x00020000
