@@ -61,3 +61,4 @@ def test_whole_image_noise_has_the_level_its_map_says(family: str) -> None:
                              normalisation=PERCENTILE, family=family, detector=XrayDetector())  # type: ignore[arg-type]
     assert np.allclose(degraded.sigma, 25.0)
     assert np.std(degraded.noisy - clean) == pytest.approx(25.0, rel=0.05)
+
