@@ -67,6 +67,12 @@ class NotAcceptable(DenoiseError):
     code = "not_acceptable"
 
 
+class NodeNotConfigured(DenoiseError):
+    """A DICOM node endpoint was called on a service without a delivery destination."""
+
+    code = "node_not_configured"
+
+
 class UnknownModality(DenoiseError):
     code = "unknown_modality"
 

@@ -12,6 +12,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
+import anyio
 import anyio.to_thread
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
@@ -20,10 +21,11 @@ from app.allocator import keep_freed_memory
 from app.api import errors
 from app.api.cors import add_cors
 from app.api.middleware import RequestContextMiddleware, UploadLimitMiddleware
-from app.api.routes import denoise, health, models, oip, web
+from app.api.routes import denoise, dicomweb, health, models, oip, web
 from app.api.security import ApiKeyMiddleware, api_keys_from, route_dependencies, route_responses
 from app.inference.registry import load_registry
 from app.metrics_server import MetricsServer
+from app.node import build_node
 from app.observability import Telemetry, configure_logging
 from app.pipeline import DenoisePipeline
 from app.settings import Settings
@@ -52,7 +54,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             telemetry.describe_registry(registry)
             app.state.registry = registry
             app.state.pipeline = DenoisePipeline(registry, settings, batch_observer=telemetry.observe_batch)
+            # Last out: finishes queued batches and stops the batcher threads once the node, whose
+            # worker uses the pipeline, has stopped.
+            stack.callback(app.state.pipeline.close)
             telemetry.watch_queues(app.state.pipeline.queued_tiles)
+            app.state.node = build_node(settings, app.state.pipeline)
+            if app.state.node is not None:
+                group = await stack.enter_async_context(anyio.create_task_group())
+                stack.callback(group.cancel_scope.cancel)  # the worker's loop ends with the service
+                await app.state.node.start(group)
+                stack.callback(app.state.node.stop)
+                telemetry.watch_spool(app.state.node.spool.count)
             logger.info("serving %d model(s), %d not served", len(registry.models), len(registry.unserved))
             if not registry.models:
                 logger.warning("!!! no model is served; /readyz and /v1/models say why !!!")
@@ -61,7 +73,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # decisions", start-up objects frozen).
             gc.freeze()
             yield
-            app.state.pipeline.close()  # finishes queued batches, stops the batcher threads
 
     app = FastAPI(
         title="Medical image denoising",
@@ -80,6 +91,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.metrics_port is None:
         app.include_router(health.metrics_router)
     app.include_router(oip.router, dependencies=protected, responses=unauthorized)
+    app.include_router(dicomweb.router, dependencies=protected, responses=unauthorized)
     app.include_router(web.router)
     app.mount("/static", StaticFiles(directory=web.STATIC_DIR), name="static")
     # Each added middleware wraps the ones before it. From the outside in: the request id exists

@@ -159,9 +159,20 @@ class Telemetry:
             ("model",),
             registry=self.registry,
         )
+        self.spool_instances = Gauge(
+            "denoise_node_spool_instances",
+            "Instances in the DICOM node's spool, by state (received, denoised, delivered, failed).",
+            ["state"],
+            registry=self.registry,
+        )
         self.models_unserved = Gauge(
             "denoise_models_unserved", "Models found but not served (see /v1/models).", registry=self.registry
         )
+
+    def watch_spool(self, count: Callable[[str], int]) -> None:
+        """The DICOM node's spool depth per state, read when scraped."""
+        for state in ("received", "denoised", "delivered", "failed"):
+            self.spool_instances.labels(state).set_function(lambda state=state: count(state))
 
     def watch_queues(self, queued_tiles: Callable[[], dict[str, int]]) -> None:
         """``denoise_queue_tiles{model}``: tiles waiting in each model's batch queue, read at

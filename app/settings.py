@@ -267,6 +267,43 @@ class Settings(BaseSettings):
         description="address the metrics port listens on; 0.0.0.0 in a container that Prometheus scrapes",
     )
 
+    # The DICOM node (app/node): off unless a destination is configured.
+    forward_to: str | None = Field(
+        default=None,
+        description="where the DICOM node delivers results: dicom://AE@host:port (C-STORE) or "
+        "http(s)://host/path (a DICOMweb root, STOW-RS to <root>/studies); none: the node is off and "
+        "/dicomweb answers 503",
+    )
+    spool_dir: Path = Field(
+        default=Path("spool"),
+        description="the DICOM node's durable spool: every received instance is written here before "
+        "it is acknowledged, and stays until its result is delivered",
+    )
+    dicom_port: int | None = Field(
+        default=None, ge=1, le=65535, description="the DICOM node's Storage SCP port (C-STORE, C-ECHO); none: no SCP"
+    )
+    dicom_host: str = Field(default="0.0.0.0", min_length=1, description="address the Storage SCP listens on")
+    dicom_ae_title: str = Field(
+        default="DENOISE", min_length=1, max_length=16, pattern=r"^[ -~]*[!-~][ -~]*$",
+        description="the node's own AE title (called AE of incoming associations, calling AE of deliveries)",
+    )
+    dicom_allowed_aes: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(), description="comma-separated calling AE titles the SCP accepts; none: any"
+    )
+    dicom_allowed_hosts: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(), description="comma-separated IP addresses the SCP accepts associations from; none: any"
+    )
+    delivery_retry_max_s: float = Field(
+        default=300.0, gt=0, le=86_400,
+        description="longest wait between delivery attempts while the destination is down (the wait "
+        "doubles from 1 s up to this)",
+    )
+
+    @field_validator("forward_to", mode="before")
+    @classmethod
+    def _empty_forward_to(cls, value: object) -> object:
+        return None if value == "" else value
+
     @field_validator("require_provider", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
@@ -278,7 +315,7 @@ class Settings(BaseSettings):
         value = _comma_list(value)
         return tuple(str(part).lower() for part in value) if isinstance(value, tuple) else value
 
-    @field_validator("api_keys", "cors_origins", mode="before")
+    @field_validator("api_keys", "cors_origins", "dicom_allowed_aes", "dicom_allowed_hosts", mode="before")
     @classmethod
     def _split_list(cls, value: object) -> object:
         return _comma_list(value)

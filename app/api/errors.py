@@ -26,6 +26,7 @@ from app.errors import (
     MissingPixelData,
     NotDenoisable,
     NotAcceptable,
+    NodeNotConfigured,
     ModalityNotServed,
     ModelNotFound,
     ModelUnavailable,
@@ -53,6 +54,7 @@ STATUS: dict[type[DenoiseError], int] = {
     ModelNotFound: 422,
     InvalidRequest: 422,
     ModelUnavailable: 503,
+    NodeNotConfigured: 503,
     ServiceBusy: 503,
     RequestTimedOut: 504,
     # Nobody reads it (nginx's code for a client that closed the request); counted in the metrics.

@@ -54,7 +54,10 @@ MODEL_IDS = ["ct-autoencoder", "ct-unet", "mr-unet", "xray-unet"]  # tests/tiny_
 def _schema(**settings: Any) -> Any:
     app = create_app(
         Settings(
-            models_dir=MODELS_DIR, intra_op_threads=1, tile_size=128, max_upload_bytes=1 << 20, **settings
+            models_dir=MODELS_DIR, intra_op_threads=1, tile_size=128, max_upload_bytes=1 << 20,
+            # The DICOM node on, so its routes answer what they do when used (nothing listens on
+            # port 9: deliveries wait in the spool).
+            forward_to="http://127.0.0.1:9/dicom-web", spool_dir=MODELS_DIR / "spool", **settings
         )
     )
     loaded = schemathesis.openapi.from_dict(app.openapi())
