@@ -70,6 +70,7 @@ class DenoiseRequest:
     rescale_slope: float | None = None
     rescale_intercept: float | None = None
     preview: bool = False  # the web viewer's before / after arrays (``app/imaging/preview``)
+    transfer_syntax: str | None = None  # DICOM answers: the one the client accepts (default Explicit VR LE)
 
 
 @dataclass(frozen=True)
@@ -347,7 +348,7 @@ class DenoisePipeline:
         started = timer.add("metrics", started)
         deadline.check()
         provenance = Provenance(model.card.id, model.card.version, strength, _level_text(noise_level))
-        content = codec.encode(denoised, provenance)
+        content = codec.encode(denoised, provenance, request.transfer_syntax)
         # The preview is part of the answer's encoding, from the images held: nothing decoded again.
         view = preview.build(image, denoised) if request.preview else None
         timer.add("encode", started)
@@ -371,7 +372,7 @@ class DenoisePipeline:
         timer = PhaseTimer()
         started = time.perf_counter()
         image = self._decode(request.data, request, request.modality, self._admission(request, grant))
-        codec.check_derivable(image)
+        codec.check_derivable(image, request.transfer_syntax)
         started = timer.add("decode", started)
         deadline.check()
         modality, model = self._choose_model(request, image)

@@ -27,4 +27,5 @@ def encode(parts: Sequence[tuple[dict[str, str], bytes]], media_type: str) -> tu
         lines = [f"Content-Type: {media_type}", *(f"{name}: {value}" for name, value in headers.items())]
         chunks += [delimiter, ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"), content, b"\r\n"]
     chunks.append(f"--{boundary}--\r\n".encode())
-    return b"".join(chunks), f'{MEDIA_TYPE}; type="{media_type}"; boundary={boundary}'
+    root_type = media_type.split(";")[0].strip()  # the type parameter names the parts' type alone
+    return b"".join(chunks), f'{MEDIA_TYPE}; type="{root_type}"; boundary={boundary}'

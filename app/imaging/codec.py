@@ -49,11 +49,12 @@ class Codec(Protocol):
         has no use for."""
         ...
 
-    def encode(self, image: Image[Any], provenance: Provenance) -> bytes:
-        """``image``, which this codec decoded, in its own format."""
+    def encode(self, image: Image[Any], provenance: Provenance, transfer_syntax: str | None = None) -> bytes:
+        """``image``, which this codec decoded, in its own format (DICOM: in ``transfer_syntax``,
+        default Explicit VR Little Endian; other formats have none)."""
         ...
 
-    def check_derivable(self, image: Image[Any]) -> None:
+    def check_derivable(self, image: Image[Any], transfer_syntax: str | None = None) -> None:
         """Refuse ``image`` if ``encode`` could not write a valid answer for it."""
         ...
 
@@ -115,11 +116,11 @@ def decode(
     )
 
 
-def check_derivable(image: Image) -> None:
+def check_derivable(image: Image, transfer_syntax: str | None = None) -> None:
     """Refuse now, before any model runs, what ``encode`` could not turn into a valid answer."""
-    _BY_NAME[image.format].check_derivable(image)
+    _BY_NAME[image.format].check_derivable(image, transfer_syntax)
 
 
-def encode(image: Image, provenance: Provenance) -> bytes:
+def encode(image: Image, provenance: Provenance, transfer_syntax: str | None = None) -> bytes:
     """Write ``image`` in its own format; ``provenance`` is recorded where the format has room."""
-    return _BY_NAME[image.format].encode(image, provenance)
+    return _BY_NAME[image.format].encode(image, provenance, transfer_syntax)

@@ -13,6 +13,7 @@ import anyio.abc
 from fastapi import APIRouter, File, Form, Header, Request, Response, UploadFile
 
 from app.api import multipart_answer
+from app.api.accept import dicom_transfer_syntax
 from app.api.cancellation import run_until_done_or_gone
 from app.api.deps import PipelineDep, SettingsDep, TelemetryDep
 from app.api.form_body import FormBodyRoute
@@ -21,6 +22,7 @@ from app.deadline import Deadline
 from app.errors import DenoiseError, InvalidRequest, NotAcceptable
 from app.imaging.codec import FILE_SUFFIXES, sniff
 from app.imaging.dicom import MEDIA_TYPE as DICOM_MEDIA_TYPE
+from app.imaging.dicom.transfer import check_offered
 from app.observability import Telemetry
 from app.modality import Modality
 from app.pipeline import DenoiseOutcome, DenoisePipeline, DenoiseRequest, MetricsMode, labels_of
@@ -35,7 +37,11 @@ _ERRORS = {
         "to process than DENOISE_MEMORY_BUDGET_BYTES can ever give one request (estimated from the "
         "header, before decoding)"
     ),
-    406: "not_acceptable: several files, whose multipart/related answer the Accept header excludes",
+    406: (
+        "not_acceptable: several files, whose multipart/related answer the Accept header excludes; or "
+        "a transfer syntax (Accept: application/dicom; transfer-syntax=<uid>) the answer cannot be "
+        "written in (offered, all lossless: Explicit VR Little Endian, Deflated, RLE, JPEG-LS, JPEG 2000)"
+    ),
     415: (
         "unsupported_image: colour, palette, JPEG/TIFF/GIF/BMP/WebP, unsupported bit depth or transfer syntax"
     ),
@@ -162,6 +168,9 @@ async def denoise(
     accept: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> Response:
     wants_json = accept is not None and "application/json" in accept
+    transfer_syntax = dicom_transfer_syntax(accept)
+    if transfer_syntax is not None:
+        check_offered(transfer_syntax)  # 406 before anything is read or run
     uploads = [await part.read() for part in file]
     job = DenoiseRequest(
         data=uploads[0],
@@ -173,6 +182,7 @@ async def denoise(
         rescale_slope=rescale_slope,
         rescale_intercept=rescale_intercept,
         preview=preview_arrays and wants_json,
+        transfer_syntax=transfer_syntax,
     )
     deadline = Deadline(settings.request_timeout_s)
     if len(uploads) > 1:
@@ -205,7 +215,10 @@ async def denoise(
         return Response(content, media_type="application/json", headers=headers)
     headers["X-Denoise-Metrics"] = _json_header(outcome.metrics)
     headers["Content-Disposition"] = f'inline; filename="denoised{FILE_SUFFIXES[outcome.format]}"'
-    return Response(outcome.content, media_type=outcome.media_type, headers=headers)
+    media_type = outcome.media_type
+    if job.transfer_syntax and outcome.format == "dicom":
+        media_type += f"; transfer-syntax={job.transfer_syntax}"
+    return Response(outcome.content, media_type=media_type, headers=headers)
 
 
 async def _run_one(
@@ -283,7 +296,8 @@ async def _several(
         if outcome.noise_level is not None:
             headers["X-Noise-Level"] = _json_header(outcome.noise_level)
         parts.append((headers, outcome.content))
-    body, content_type = multipart_answer.encode(parts, DICOM_MEDIA_TYPE)
+    media_type = DICOM_MEDIA_TYPE + (f"; transfer-syntax={job.transfer_syntax}" if job.transfer_syntax else "")
+    body, content_type = multipart_answer.encode(parts, media_type)
     done = [o for o in outcomes if o is not None]
     return Response(body, media_type=content_type, headers={
         "X-Model-Id": ", ".join(dict.fromkeys(o.model.card.id for o in done)),

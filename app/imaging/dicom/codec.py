@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from app.errors import InvalidRequest
-from app.imaging.dicom import checks, read, write
+from app.imaging.dicom import checks, read, transfer, write
 from app.imaging.dicom.derive import Provenance
 from app.imaging.dicom.read import DicomMeta
 from app.imaging.image import BeforeDecode, Image, ImageFormat
@@ -38,11 +38,15 @@ class DicomCodec:
             )
         return read.decode(data, modality, max_pixels, before_decode)
 
-    def encode(self, image: Image[DicomMeta], provenance: Provenance) -> bytes:
-        return write.encode(image, provenance)
+    def encode(self, image: Image[DicomMeta], provenance: Provenance, transfer_syntax: str | None = None) -> bytes:
+        syntax = transfer.check_offered(transfer_syntax) if transfer_syntax else transfer.DEFAULT
+        return transfer.transcode(write.encode(image, provenance), syntax)
 
-    def check_derivable(self, image: Image[DicomMeta]) -> None:
+    def check_derivable(self, image: Image[DicomMeta], transfer_syntax: str | None = None) -> None:
         checks.check_derivable(image.meta.dataset)
+        if transfer_syntax:
+            _, rows, columns = image.frames.shape
+            transfer.check_writable(transfer.check_offered(transfer_syntax), rows, columns)
 
 
 CODEC = DicomCodec()

@@ -168,10 +168,10 @@ class PngCodec:
     ) -> Image[PngMeta]:
         return decode(data, modality, max_pixels, rescale_slope, rescale_intercept, before_decode)
 
-    def encode(self, image: Image[PngMeta], provenance: Provenance) -> bytes:
-        return encode(image)  # a PNG has no room for provenance
+    def encode(self, image: Image[PngMeta], provenance: Provenance, transfer_syntax: str | None = None) -> bytes:
+        return encode(image)  # a PNG has no room for provenance, nor a transfer syntax
 
-    def check_derivable(self, image: Image[PngMeta]) -> None:
+    def check_derivable(self, image: Image[PngMeta], transfer_syntax: str | None = None) -> None:
         return None  # every PNG decoded can be written back
 
 

@@ -205,3 +205,28 @@ def test_dciodvfy_finds_no_error_the_source_did_not_have(
     output.write_bytes(content)
     new = _dciodvfy_errors(output) - _dciodvfy_errors(path)
     assert not new, "\n".join(sorted(new))
+
+
+def test_every_corpus_answer_transcodes_to_every_offered_syntax_with_the_same_pixels(
+    identity_client: TestClient,
+) -> None:
+    """The lossless encoders on every real file: exactly the stored values of the default answer,
+    or, for JPEG 2000 on an image under 32 pixels a side, refused (406) before the model runs."""
+    from pydicom.uid import JPEG2000Lossless
+
+    from app.imaging.dicom.transfer import OFFERED, transcode
+
+    checked = 0
+    for path in FILES:
+        status, content = _denoised(identity_client, path)
+        if status != 200:
+            continue
+        expected = _read(content)
+        for syntax in OFFERED[1:]:
+            if syntax == JPEG2000Lossless and min(int(expected.Rows), int(expected.Columns)) < 32:
+                continue  # refused up front: tests/app/api/test_transfer_syntax.py
+            encoded = _read(transcode(content, syntax))
+            assert encoded.file_meta.TransferSyntaxUID == syntax
+            assert (encoded.pixel_array == expected.pixel_array).all(), f"{_name(path)} as {syntax.name}"
+            checked += 1
+    assert checked >= 4 * 40
