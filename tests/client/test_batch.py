@@ -1,5 +1,6 @@
 """denoise-batch against the real service (a uvicorn process) and against a scripted fake server
-that fails on purpose: mirrored outputs, report, resume, retries only where a retry can help."""
+that fails on purpose: mirrored outputs, report, resume, retries only where a retry can help, a
+service that is not ready or refuses the key, and an install without the client extra."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -18,6 +20,7 @@ import numpy as np
 import pytest
 
 from client.batch import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, find_jobs, is_complete, main
+from client.inputs import output_conflicts
 from tests.files import dicom_file, png_bytes, read_png
 from tests.tiny_models import write_model_set
 from tests.uvicorn_server import REPO, free_port, uvicorn_server
@@ -113,7 +116,9 @@ def test_list_input_and_a_4xx_for_a_png_without_modality(service: str, scans: Pa
     assert main(["--list", str(listing), "--out", str(out), "--url", service, *FAST]) == EXIT_FAILED
     rows = read_report(out / "denoise-report.csv")
     assert rows["slice-1.png"]["error"] == "modality_required" and rows["slice-1.png"]["attempts"] == "1"
-    assert rows["IM0001"]["status"] == "ok" and (out / "IM0001").is_file()  # named alone: lands by name
+    # Files named one by one mirror from the deepest folder holding them all (scans/ here).
+    assert rows["IM0001"]["status"] == "ok" and (out / "patient-b" / "IM0001").is_file()
+    assert rows["slice-1.png"]["output"] == str((out / "patient-a" / "series-1" / "slice-1.png").resolve())
 
 
 class ScriptedServer(BaseHTTPRequestHandler):
@@ -121,16 +126,24 @@ class ScriptedServer(BaseHTTPRequestHandler):
 
     script: ClassVar[list[int]] = []
     posts: ClassVar[list[dict[str, str]]] = []
+    gets: ClassVar[list[str]] = []
     readiness: ClassVar[int] = 200
+    readiness_script: ClassVar[list[int]] = []  # /readyz's first answers, before ``readiness``
+    unserved: ClassVar[list[dict[str, str]]] = []
 
     def log_message(self, *args: object) -> None:
         pass
 
     def do_GET(self) -> None:  # /readyz
-        if self.readiness == 200:
+        self.gets.append(self.path)
+        status = self.readiness_script.pop(0) if self.readiness_script else self.readiness
+        if status == 200:
             self._send(200, {"status": "ready"})
+        elif status == 503:  # as app/api/routes/health.py answers it
+            body = {"error": "not_ready", "detail": "No model is loaded.", "unserved": self.unserved}
+            self._send(503, body)
         else:
-            self._send(self.readiness, {"error": "not_ready", "detail": "No model is loaded."})
+            self._send(status, {"error": f"scripted_{status}", "detail": "scripted"})
 
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers["content-length"]))
@@ -163,7 +176,8 @@ class ScriptedServer(BaseHTTPRequestHandler):
 
 @pytest.fixture()
 def scripted() -> Iterator[str]:
-    ScriptedServer.script, ScriptedServer.posts, ScriptedServer.readiness = [], [], 200
+    ScriptedServer.script, ScriptedServer.posts, ScriptedServer.gets = [], [], []
+    ScriptedServer.readiness, ScriptedServer.readiness_script, ScriptedServer.unserved = 200, [], []
     server = ThreadingHTTPServer(("127.0.0.1", 0), ScriptedServer)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -235,7 +249,7 @@ def test_an_output_folder_inside_the_input_is_not_walked(tmp_path: Path) -> None
 
 def test_the_client_needs_neither_the_server_nor_its_dependencies() -> None:
     probe = (
-        "import sys, client.batch; "
+        "import sys, client.batch, client.send; "
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in {'app', 'fastapi', 'numpy', 'onnxruntime', 'pydicom'}); "
         "assert not bad, bad"
     )
@@ -248,17 +262,18 @@ def test_two_inputs_for_one_output_stop_the_run_before_anything_is_sent(
     for folder in ("day-1", "day-2"):
         (tmp_path / folder).mkdir()
         (tmp_path / folder / "a.png").write_bytes(ct_png(6))
-    listing = tmp_path / "files.txt"
-    listing.write_text(f"{tmp_path / 'day-1' / 'a.png'}\n{tmp_path / 'day-2' / 'a.png'}\n")
-    assert main(["--list", str(listing), "--out", str(tmp_path / "out"), "--url", scripted, *FAST]) == EXIT_USAGE
-    assert "would all be written to" in capsys.readouterr().err
-    assert ScriptedServer.posts == [] and not (tmp_path / "out").exists()
+    out = tmp_path / "out"
+    # Each named folder is its own root: both a.png land on out/a.png, and the run is refused.
+    for extra in (["--dry-run"], []):
+        code = main([str(tmp_path / "day-1"), str(tmp_path / "day-2"), "--out", str(out), "--url", scripted,
+                     "--modality", "ct", *extra, *FAST])
+        assert code == EXIT_USAGE
+        err = capsys.readouterr().err
+        assert f"{tmp_path / 'day-1' / 'a.png'} and {tmp_path / 'day-2' / 'a.png'} would both be written to" in err
+    assert ScriptedServer.gets == [] and ScriptedServer.posts == [] and not out.exists()
     # Their common folder mirrors the tree: both land, apart.
-    assert main([str(tmp_path / "day-1"), str(tmp_path / "day-2"), "--out", str(tmp_path / "out"),
-                 "--url", scripted, "--dry-run", *FAST]) == EXIT_USAGE
-    assert main([str(tmp_path), "--out", str(tmp_path / "out"), "--url", scripted, "--modality", "ct",
-                 *FAST]) == EXIT_OK
-    assert (tmp_path / "out" / "day-1" / "a.png").is_file() and (tmp_path / "out" / "day-2" / "a.png").is_file()
+    assert main([str(tmp_path), "--out", str(out), "--url", scripted, "--modality", "ct", *FAST]) == EXIT_OK
+    assert (out / "day-1" / "a.png").is_file() and (out / "day-2" / "a.png").is_file()
 
 
 def test_a_refused_key_stops_at_once(scripted: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -298,10 +313,223 @@ def test_reports_are_appended_and_dry_run_sends_nothing(
     for _ in range(2):
         assert main([str(source.parent), "--out", str(out), "--url", scripted, "--overwrite", *FAST]) == EXIT_OK
     lines = (out / "denoise-report.csv").read_text().splitlines()
-    assert len(lines) == 3 and lines[0].startswith("input,output,status")  # one header, both runs
+    assert len(lines) == 3 and lines[0].startswith("run,input,output,status")  # one header, both runs
 
 
-def test_without_the_client_extra_it_says_what_to_install() -> None:
-    probe = "import sys; sys.modules['httpx'] = None; import client.batch"
+# --- The review's findings: each test below fails on the client before its fix ----------------
+
+
+def write_pngs(root: Path, *names: str) -> None:
+    for name in names:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(ct_png(8))
+
+
+def test_listed_files_of_one_name_mirror_from_their_common_folder(scripted: str, tmp_path: Path) -> None:
+    names = ("day-1/a.png", "day-2/a.png", "day-2/night/a.png")
+    write_pngs(tmp_path / "in", *names)
+    listing = tmp_path / "files.txt"
+    listing.write_text("".join(f"{tmp_path / 'in' / name}\n" for name in names))
+    out, report = tmp_path / "out", tmp_path / "report.jsonl"
+    args = ["--list", str(listing), "--out", str(out), "--url", scripted, "--modality", "ct"]
+    assert main([*args, "--report", str(report), *FAST]) == EXIT_OK
+    rows = [json.loads(line) for line in report.read_text().splitlines()]
+    assert len({row["output"] for row in rows}) == 3 and len(ScriptedServer.posts) == 3
+    for name in names:  # mirrored from in/, the deepest folder holding them all
+        assert (out / name).is_file()
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "says"),
+    [
+        ("scan.png", "scan.png", "would both be written to"),  # one name in two named folders
+        ("Scan.png", "scan.png", "would both be written to"),  # one file on a case-insensitive disk
+        ("x", "x/y.png", "the folder"),  # a file where the other needs a folder
+    ],
+)
+def test_clashing_outputs_are_refused_naming_both(
+    scripted: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], first: str, second: str, says: str
+) -> None:
+    write_pngs(tmp_path / "r1", first)
+    write_pngs(tmp_path / "r2", second)
+    out = tmp_path / "out"
+    args = [str(tmp_path / "r1"), str(tmp_path / "r2"), "--out", str(out), "--url", scripted, "--modality", "ct"]
+    assert main([*args, *FAST]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert says in err and str(tmp_path / "r1" / first) in err and str(tmp_path / "r2" / second) in err
+    assert "nothing sent" in err
+    assert ScriptedServer.gets == [] and ScriptedServer.posts == [] and not out.exists()
+
+
+def test_an_output_on_the_report_is_refused(tmp_path: Path) -> None:
+    write_pngs(tmp_path / "in", "denoise-report.csv")  # a PNG by its bytes, whatever its name
+    jobs = find_jobs([tmp_path / "in"], tmp_path / "out")
+    (clash,) = output_conflicts(jobs, tmp_path / "out" / "denoise-report.csv")
+    assert "would be written to the report" in clash
+
+
+def test_a_service_without_models_stops_the_run_at_once_with_its_reasons(
+    scripted: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ScriptedServer.readiness = 503
+    ScriptedServer.unserved = [{"path": "ct/unet", "model_id": "ct-unet", "reason": "model.onnx is missing"}]
+    source = one_file(tmp_path)
+    args = [str(source), "--out", str(tmp_path / "out"), "--url", scripted, "--retries", "3", *FAST]
+    assert main(args) == EXIT_UNREACHABLE
+    err = capsys.readouterr().err
+    assert "not ready, HTTP 503: No model is loaded." in err and "ct/unet: model.onnx is missing" in err
+    assert "nothing sent" in err
+    assert ScriptedServer.gets == ["/readyz"]  # a 503 is the service's verdict: not retried
+    assert ScriptedServer.posts == [] and not (tmp_path / "out").exists()
+
+
+def test_a_gateway_error_at_start_up_is_retried_and_a_wrong_url_is_not(
+    scripted: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = one_file(tmp_path)
+    args = [str(source), "--out", str(tmp_path / "out"), "--url", scripted, "--modality", "ct", "--retries", "3"]
+    args += FAST
+    ScriptedServer.readiness_script = [502, 504]  # a gateway whose service still loads its models
+    assert main(args) == EXIT_OK
+    assert ScriptedServer.gets == ["/readyz"] * 3 and len(ScriptedServer.posts) == 1
+    ScriptedServer.gets, ScriptedServer.readiness = [], 404
+    assert main([*args, "--overwrite"]) == EXIT_UNREACHABLE
+    assert "is --url the denoising service?" in capsys.readouterr().err
+    assert ScriptedServer.gets == ["/readyz"] and len(ScriptedServer.posts) == 1
+
+
+def test_the_real_service_without_models_gets_no_retries(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "models").mkdir()
+    source = one_file(tmp_path)
+    with uvicorn_server(tmp_path / "models", tmp_path / "server.log") as url:
+        started = time.monotonic()
+        args = [str(source), "--out", str(tmp_path / "out"), "--url", url, "--modality", "ct", "--no-progress"]
+        assert main([*args, "--retries", "3", "--backoff", "10", "--max-backoff", "10"]) == EXIT_UNREACHABLE
+        elapsed = time.monotonic() - started
+    assert "not ready, HTTP 503: No model is loaded" in capsys.readouterr().err
+    assert elapsed < 4  # one retry would have waited 5 s at least
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_refused_key_stops_every_worker_and_names_the_refusal(
+    scripted: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_pngs(tmp_path / "in", "a.png", "b.png", "c.png", "d.png")
+    # Two in flight: one gets a 500 and waits to retry, the other a 401. The retry must not go out.
+    ScriptedServer.script = [500, 401]
+    report = tmp_path / "report.jsonl"
+    args = [str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--url", scripted, "--modality", "ct"]
+    slow_retry = ["--no-progress", "--backoff", "4", "--max-backoff", "4", "--concurrency", "2"]
+    started = time.monotonic()
+    assert main([*args, "--report", str(report), *slow_retry]) == EXIT_UNREACHABLE
+    assert time.monotonic() - started < 1.5  # the retry's wait (2 s at least) was cut short
+    assert len(ScriptedServer.posts) == 2
+    err = capsys.readouterr().err
+    assert "refused the API key (HTTP 401 scripted_401: scripted)" in err and "2 file(s) not sent" in err
+    rows = [json.loads(line) for line in report.read_text().splitlines()]
+    assert sorted(row["http_status"] for row in rows) == [401, 500]
+    assert not (tmp_path / "out").exists()
+
+
+def test_every_run_keeps_its_rows_under_its_own_run(scripted: str, tmp_path: Path) -> None:
+    source = one_file(tmp_path)
+    out = tmp_path / "out"
+    for report in (out / "denoise-report.csv", tmp_path / "runs.jsonl"):
+        args = [str(source.parent), "--out", str(out), "--url", scripted, "--report", str(report), *FAST]
+        for _ in range(2):
+            assert main([*args, "--modality", "ct", "--overwrite"]) == EXIT_OK
+        if report.suffix == ".csv":
+            with report.open(newline="") as handle:
+                rows = list(csv.DictReader(handle))
+        else:
+            rows = [json.loads(line) for line in report.read_text().splitlines()]
+        assert [row["status"] for row in rows] == ["ok", "ok"]
+        assert len({row["run"] for row in rows}) == 2  # the two runs told apart
+
+
+def test_a_csv_report_with_other_columns_is_not_appended_to(
+    scripted: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = one_file(tmp_path)
+    report = tmp_path / "other.csv"
+    report.write_text("patient,score\nx,1\n")
+    args = [str(source), "--out", str(tmp_path / "out"), "--url", scripted, "--report", str(report), *FAST]
+    assert main(args) == EXIT_USAGE
+    assert "has other columns" in capsys.readouterr().err
+    assert report.read_text() == "patient,score\nx,1\n"
+    assert ScriptedServer.gets == [] and ScriptedServer.posts == []
+
+
+def test_dry_run_lists_outputs_and_touches_nothing(
+    scripted: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_pngs(tmp_path / "in", "day-1/a.png", "day-2/a.png")
+    listing = tmp_path / "files.txt"
+    listing.write_text(f"{tmp_path / 'in' / 'day-1' / 'a.png'}\n{tmp_path / 'in' / 'day-2' / 'a.png'}\n")
+    out = tmp_path / "out"
+    write_pngs(out, "day-2/a.png")  # a complete output from an earlier run
+    monkeypatch.setitem(sys.modules, "httpx", None)  # neither the service nor the extra is needed
+    monkeypatch.delitem(sys.modules, "client.send", raising=False)
+    assert main(["--list", str(listing), "--out", str(out), "--url", scripted, "--dry-run", *FAST]) == EXIT_OK
+    printed = capsys.readouterr()
+    assert printed.out.splitlines() == [
+        f"{tmp_path / 'in' / 'day-1' / 'a.png'} -> {(out / 'day-1' / 'a.png').resolve()}",
+        f"{tmp_path / 'in' / 'day-2' / 'a.png'} -> {(out / 'day-2' / 'a.png').resolve()}"
+        "  (complete: would be skipped)",
+    ]
+    assert "2 file(s)" in printed.err and "1 already done" in printed.err and "nothing sent" in printed.err
+    assert ScriptedServer.gets == [] and ScriptedServer.posts == []
+    assert sorted(p.name for p in out.rglob("*")) == ["a.png", "day-2"]  # no report, no day-1
+
+
+@pytest.mark.parametrize("module", ["httpx", "tqdm"])
+def test_without_the_client_extra_main_says_what_to_install(
+    module: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, module, None)  # as if never installed
+    monkeypatch.delitem(sys.modules, "client.send", raising=False)
+    source = one_file(tmp_path)
+    assert main([str(source), "--out", str(tmp_path / "out")]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert f"{module} is not installed" in err and "pip install 'medical-denoise[client]'" in err
+    assert not (tmp_path / "out").exists()
+
+
+ENTRY_POINT = """
+from importlib.metadata import entry_points
+(script,) = entry_points(group="console_scripts", name="denoise-batch")
+sys.exit(script.load()())
+"""
+RUN_MODULE = "import runpy; runpy.run_module('client.batch', run_name='__main__', alter_sys=True)"
+
+
+# httpx is also the service's own dependency now (the DICOM node), so a plain install lacks only tqdm.
+@pytest.mark.parametrize("module", ["httpx", "tqdm"])
+@pytest.mark.parametrize("launch", [ENTRY_POINT, RUN_MODULE], ids=["console-script", "python-m"])
+def test_the_installed_command_without_the_extra_exits_2_with_the_pip_line(
+    launch: str, module: str, tmp_path: Path
+) -> None:
+    source = one_file(tmp_path)
+    probe = (
+        "import sys\n"
+        f"sys.modules[{module!r}] = None\n"  # what an install without the client extra looks like
+        f"sys.argv = ['denoise-batch', {str(source)!r}, '--out', {str(tmp_path / 'out')!r}]\n" + launch
+    )
     result = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True)
-    assert result.returncode != 0 and "pip install 'medical-denoise[client]'" in result.stderr
+    assert result.returncode == EXIT_USAGE == 2, result.stderr
+    assert f"{module} is not installed" in result.stderr
+    assert "pip install 'medical-denoise[client]'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_files_named_alone_mirror_from_the_deepest_folder_holding_the_images(tmp_path: Path) -> None:
+    write_pngs(tmp_path / "in", "a/x.png", "a/deep/y.png")
+    (tmp_path / "in" / "b").mkdir()
+    (tmp_path / "in" / "b" / "notes.txt").write_text("not an image: it does not move the root")
+    out = tmp_path / "out"
+    inputs = [tmp_path / "in" / name for name in ("a/x.png", "a/deep/y.png", "b/notes.txt")]
+    targets = [job.target for job in find_jobs(inputs, out)]
+    assert targets == [(out / "x.png").resolve(), (out / "deep" / "y.png").resolve()]
+    assert [job.target for job in find_jobs(inputs[1:2], out)] == [(out / "y.png").resolve()]  # alone: by name
