@@ -23,8 +23,14 @@ def _estimator_note(row: dict[str, Any]) -> str:
     ratios = row.get("estimated_over_true_level")
     if not ratios:
         return ""
-    return (f" Estimated / true noise level: mean {ratios['mean']:.3f} "
+    note = (f" Estimated / true noise level: mean {ratios['mean']:.3f} "
             f"(range {ratios['min']:.3f}-{ratios['max']:.3f}).")
+    own = row.get("clean_estimate_over_true_level")
+    if own:
+        # The test images are real scans with noise of their own, which the estimator sees too.
+        note += (f" On the clean images alone the estimator reads {own['mean']:.3f} of the added level "
+                 f"(range {own['min']:.3f}-{own['max']:.3f}): their own noise.")
+    return note
 
 
 def _verdict_lines(check: dict[str, Any]) -> list[str]:
@@ -53,7 +59,8 @@ def write_markdown(results: list[dict[str, Any]], path: Path, command: str) -> N
              "(leave one source out; `training/data/sources.py`). PSNR and SSIM use the clean image's own data range",
              "(max - min); for CT, `PSNR win` is PSNR in the soft-tissue window -160..240 HU. The residual ratio is",
              "std(noisy - output) / std(noisy - clean): 1 is ideal, above 1 structure was removed, below 1 noise left.",
-             "Seconds per megapixel on this machine, one image at a time. Classical parameters are tuned on the",
+             "Seconds per megapixel on this machine, one image at a time (models warm: one untimed call on each image",
+             "first, as in a serving process). Classical parameters are tuned on the",
              "validation split; BM3D and the wavelet method get the true noise SD, `bm3d (true NPS)` the true noise",
              f"power spectrum. A conditioned model runs with the level the service estimates (`{ESTIMATED}`) and",
              f"with the true one (`{TRUE}`).", ""]
@@ -96,3 +103,47 @@ def update_cards(result: dict[str, Any], command: str) -> None:
         if arch == result["default_model"]:
             metrics["comparison_at_default_level"] = result["verdict"]
         write_card(Path(directory), card.model_copy(update={"test_metrics": metrics}))
+
+
+def _cell(method: dict[str, Any] | None) -> str:
+    return "-" if method is None else f"{method['psnr']:.2f} dB / {method['ssim']:.4f}"
+
+
+def readme_tables(results: list[dict[str, Any]]) -> str:
+    """The README's two summary tables (default level per modality; every row), from the results."""
+    head = ["| modality, unseen test images (default level) | noisy input | best classical | autoencoder | "
+            "U-Net, estimated level | U-Net, true level | margin | residual ratio | U-Net vs BM3D speed |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| modality | family, level | noisy | BM3D (true sigma) | best other | U-Net, estimated level | "
+            "estimated / true level |", "|---|---|---|---|---|---|---|"]
+    for result in results:
+        title = profile(result["modality"]).title
+        check = result["verdict"]
+        methods = next(v for v in result["families"]["physics"].values()
+                       if v["level"] == result["default_level"])["methods"]
+        head.append(
+            f"| {title}: {', '.join(result['test_volumes'])} ({result['default_level']:g}) | "
+            f"{_cell(methods['noisy input'])} | {check['best_classical']}: "
+            f"{check['best_classical_psnr']:.2f} dB / {check['best_classical_ssim']:.4f} | "
+            f"{_cell(methods.get('autoencoder'))} | {_cell(methods.get(f'unet ({ESTIMATED})'))} | "
+            f"{_cell(methods.get(f'unet ({TRUE})'))} | {check['psnr_margin_db']:+.2f} dB | "
+            f"{check['residual_ratio']:.2f} | {check.get('speedup_over_bm3d', '-')}x |")
+        for family, levels in result["families"].items():
+            for name, row in levels.items():
+                m = row["methods"]
+                others = {k: v for k, v in m.items()
+                          if k not in ("noisy input", "bm3d") and not k.startswith(("unet", "autoencoder"))}
+                best = max(others, key=lambda k: others[k]["psnr"])
+                ratio = (row.get("estimated_over_true_level") or {}).get("mean", "-")
+                rows.append(f"| {title} | {family} {name} ({row['level']:g}) | {m['noisy input']['psnr']:.2f} | "
+                            f"{m['bm3d']['psnr']:.2f} | {best} {others[best]['psnr']:.2f} | "
+                            f"{m[f'unet ({ESTIMATED})']['psnr']:.2f} | {ratio} |")
+    return "\n".join(head) + "\n\nEvery row, both noise families (PSNR dB; the U-Net with the estimated level; " \
+        "estimated / true noise level as the service's estimator measured it on these images):\n\n" + "\n".join(rows)
+
+
+if __name__ == "__main__":  # python -m training.report: the README's tables from docs/evaluation.json
+    import json
+    import sys
+
+    print(readme_tables(json.loads(Path(sys.argv[1] if len(sys.argv) > 1 else "docs/evaluation.json").read_text())))
