@@ -16,6 +16,7 @@ from typing import Protocol
 
 import httpx
 import pydicom
+from pydicom.uid import ImplicitVRLittleEndian
 
 _DICOM_URL = re.compile(r"^dicom://(?P<ae>[ -~]{1,16})@(?P<host>[^:@/]+):(?P<port>\d{1,5})/?$")
 TIMEOUT_S = 30.0
@@ -50,7 +51,9 @@ class DimseDestination:
         syntax = dataset.file_meta.TransferSyntaxUID
         ae = AE(ae_title=self.calling_ae_title)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = TIMEOUT_S
-        ae.add_requested_context(dataset.SOPClassUID, syntax)
+        # The answer's own syntax first; Implicit VR Little Endian, which every SCP must accept
+        # (PS3.5 10.1), as the fallback (pynetdicom re-encodes an uncompressed dataset for it).
+        ae.add_requested_context(dataset.SOPClassUID, list(dict.fromkeys([syntax, ImplicitVRLittleEndian])))
         association = ae.associate(self.host, self.port, ae_title=self.ae_title)
         if not association.is_established:
             raise DeliveryFailed(f"no association with {self.describe()}")

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom import ALL_TRANSFER_SYNTAXES, AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from app.node.intake import Intake, Refused
@@ -30,7 +30,12 @@ class StorageSCP:
         self.intake = intake
         self.allowed_hosts = set(allowed_hosts)
         self.ae = AE(ae_title=ae_title)
-        self.ae.supported_contexts = AllStoragePresentationContexts
+        # Every storage class in every transfer syntax a modality may propose: the compressed
+        # ones too (pynetdicom's defaults are uncompressed only, which would turn a JPEG or
+        # JPEG 2000 series away at association); what cannot be decoded is refused per
+        # instance by the service's own reader, with its reason.
+        for context in AllStoragePresentationContexts:
+            self.ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
         self.ae.add_supported_context(Verification)
         if allowed_aes:
             self.ae.require_calling_aet = list(allowed_aes)

@@ -145,15 +145,42 @@ def test_storescu_to_the_node_is_spooled_then_delivered(models_dir: Path, tmp_pa
     with TestClient(create_app(settings)) as client:
         destination = Recording()
         client.app.state.node.worker.destination = destination  # type: ignore[attr-defined]
-        echo = subprocess.run(["echoscu", "-aet", "MODALITY", "-aec", "DENOISE", "127.0.0.1", str(port)],
+        echo = subprocess.run(["/usr/bin/echoscu", "-aet", "MODALITY", "-aec", "DENOISE", "127.0.0.1", str(port)],
                               capture_output=True, timeout=30)
         assert echo.returncode == 0, echo.stderr
-        refused = subprocess.run(["storescu", "-aet", "STRANGER", "-aec", "DENOISE", "127.0.0.1", str(port), files[0]],
+        refused = subprocess.run(["/usr/bin/storescu", "-aet", "STRANGER", "-aec", "DENOISE", "127.0.0.1", str(port), files[0]],
                                  capture_output=True, timeout=30)
         assert refused.returncode != 0  # not on the allow-list
-        sent = subprocess.run(["storescu", "-aet", "MODALITY", "-aec", "DENOISE", "127.0.0.1", str(port), *files],
+        sent = subprocess.run(["/usr/bin/storescu", "-aet", "MODALITY", "-aec", "DENOISE", "127.0.0.1", str(port), *files],
                               capture_output=True, timeout=60)
         assert sent.returncode == 0, sent.stderr
         wait_for(lambda: len(destination.received) == 4)
         numbers = sorted(int(pydicom.dcmread(io.BytesIO(d)).InstanceNumber) for d in destination.received)
         assert numbers == [1, 2, 3, 4]
+
+
+@pytest.mark.skipif(not Path("/usr/bin/storescu").exists(), reason="dcmtk's storescu is not installed")
+def test_a_compressed_instance_is_accepted_at_association_and_spooled(models_dir: Path, tmp_path: Path) -> None:
+    """pynetdicom's default contexts are uncompressed only; a JPEG 2000 modality must get through."""
+    import subprocess
+
+    port = free_port()
+    settings = Settings(models_dir=models_dir, intra_op_threads=1, spool_dir=tmp_path / "spool",
+                        forward_to="http://127.0.0.1:9/dicom-web", dicom_port=port, dicom_host="127.0.0.1")
+    from pydicom.uid import JPEG2000Lossless
+
+    compressed = pydicom.dcmread(io.BytesIO(series(1)[0]))
+    compressed.compress(JPEG2000Lossless, generate_instance_uid=False)  # as a modality may store it
+    source = tmp_path / "j2k.dcm"
+    compressed.save_as(source, enforce_file_format=True)
+    with TestClient(create_app(settings)) as client:
+        destination = Recording()
+        client.app.state.node.worker.destination = destination  # type: ignore[attr-defined]
+        # -xv: JPEG 2000 Lossless proposed first (then uncompressed); dcmtk cannot convert it, so it
+        # goes only if the SCP accepts JPEG 2000 as it is
+        sent = subprocess.run(["/usr/bin/storescu", "-xv", "-aec", "DENOISE", "127.0.0.1", str(port), str(source)],
+                              capture_output=True, timeout=60)
+        assert sent.returncode == 0, sent.stderr
+        wait_for(lambda: len(destination.received) == 1)
+        derived = pydicom.dcmread(io.BytesIO(destination.received[0]))
+        assert derived.Modality == "CT" and derived.pixel_array.shape == (32, 32)
