@@ -14,8 +14,17 @@ def accepts(accept: str | None) -> bool:
     """Whether a client's Accept header allows a multipart/related answer (no header: anything)."""
     if accept is None or not accept.strip():
         return True
-    ranges = {part.split(";")[0].strip().lower() for part in accept.split(",")}
-    return bool(ranges & {MEDIA_TYPE, "multipart/*", "*/*"})
+    for media_range in accept.split(","):
+        kind, *rest = (part.strip() for part in media_range.split(";"))
+        parameters = dict(p.split("=", 1) for p in rest if "=" in p)
+        parameters = {k.strip().lower(): v.strip().strip('"').lower() for k, v in parameters.items()}
+        if parameters.get("q") in ("0", "0.0", "0.00", "0.000"):
+            continue  # q=0: explicitly not acceptable (RFC 9110 12.4.2)
+        if kind.lower() in ("*/*", "multipart/*"):
+            return True
+        if kind.lower() == MEDIA_TYPE and parameters.get("type", "application/dicom") == "application/dicom":
+            return True
+    return False
 
 
 def encode(parts: Sequence[tuple[dict[str, str], bytes]], media_type: str) -> tuple[bytes, str]:

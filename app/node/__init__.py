@@ -36,7 +36,8 @@ class DicomNode:
         self.destination = destination
         self.worker = NodeWorker(self.spool, pipeline, destination, settings.delivery_retry_max_s)
         self._token: Any = None
-        self.intake = Intake(self.spool, pipeline.registry.modalities, self._wake_from_any_thread)
+        self.intake = Intake(self.spool, pipeline.registry.modalities, self._wake_from_any_thread,
+                             settings.max_pixels)
         self.scp: StorageSCP | None = None
         if settings.dicom_port is not None:
             self.scp = StorageSCP(self.intake, settings.dicom_ae_title, settings.dicom_host, settings.dicom_port,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import re
 import uuid
+from urllib.parse import urlsplit
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -18,7 +19,11 @@ import httpx
 import pydicom
 from pydicom.uid import ImplicitVRLittleEndian
 
-_DICOM_URL = re.compile(r"^dicom://(?P<ae>[ -~]{1,16})@(?P<host>[^:@/]+):(?P<port>\d{1,5})/?$")
+# An AE title: 1-16 characters of the default repertoire without backslash, not all spaces
+# (PS3.5 6.2, VR AE); a host name, an IPv4 address, or an IPv6 one in brackets.
+_DICOM_URL = re.compile(
+    r"^dicom://(?P<ae>(?=[^@]{1,16}@)[ -\[\]-~]*[!-\[\]-~][ -\[\]-~]*)@(?P<host>\[[0-9A-Fa-f:.]+\]|[^:@/\[\]]+)"
+    r":(?P<port>\d{1,5})/?$")
 TIMEOUT_S = 30.0
 
 
@@ -101,10 +106,12 @@ def parse_destination(url: str, calling_ae_title: str) -> Destination:
         port = int(match["port"])
         if not 1 <= port <= 65535:
             raise ValueError(f"port {port} of {url!r} is not 1-65535")
-        return DimseDestination(match["ae"].strip(), match["host"], port, calling_ae_title)
-    if url.startswith(("http://", "https://")) and len(url) > len("https://"):
+        return DimseDestination(match["ae"].strip(), match["host"].strip("[]"), port, calling_ae_title)
+    parts = urlsplit(url)
+    if parts.scheme in ("http", "https") and parts.hostname:
         return DicomWebDestination(url)
     raise ValueError(
-        f"DENOISE_FORWARD_TO {url!r} is neither dicom://AE@host:port (C-STORE) nor http(s)://host/path "
+        f"DENOISE_FORWARD_TO {url!r} is neither dicom://AE@host:port (C-STORE; an AE title of 1-16 "
+        "characters, no backslash) nor http(s)://host/path "
         "(a DICOMweb root)"
     )

@@ -3,15 +3,14 @@ served modality, with the UIDs its result needs; spooled before anyone is told i
 
 from __future__ import annotations
 
-import io
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import pydicom
-
+from app.errors import DenoiseError
 from app.imaging import dicom
 from app.imaging.dicom.checks import READ_ERRORS
+from app.imaging.dicom.read import check_instance
 from app.node.spool import Record, Spool
 
 
@@ -39,13 +38,20 @@ class Intake:
     spool: Spool
     served_modalities: Callable[[], list[str]]
     on_received: Callable[[], None]  # must be safe to call from any thread
+    max_pixels: int = 64 * 1024 * 1024  # the service's DENOISE_MAX_PIXELS
 
     def receive(self, data: bytes, study: str | None = None) -> Received:
-        """Spool ``data`` (a Part 10 file) durably, or raise ``Refused``. Blocking: file I/O."""
+        """Spool ``data`` (a Part 10 file) durably, or raise ``Refused``. Blocking: file I/O.
+
+        The header is read and the pixel data checked against it (not decoded) first: a sender
+        is never told "stored" for an instance the pipeline would find truncated."""
         if not dicom.is_dicom(data):
             raise Refused("not a DICOM Part 10 file")
         try:
-            ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
+            ds = check_instance(data, self.max_pixels)
+        except DenoiseError as error:
+            raise Refused(error.detail[:200]) from None
+        try:
             sop_class = str(ds.get("SOPClassUID", "") or ds.file_meta.get("MediaStorageSOPClassUID", ""))
             sop_instance = str(ds.get("SOPInstanceUID", "") or "")
             study_uid = str(ds.get("StudyInstanceUID", "") or "")

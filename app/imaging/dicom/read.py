@@ -256,6 +256,21 @@ def _elements_as_read(ds: Dataset) -> dict[BaseTag, RawDataElement]:
     }
 
 
+def check_instance(data: bytes, max_pixels: int) -> Dataset:
+    """The checks ``decode`` makes before any pixel is decoded (readable header, pixel data of the
+    size it declares, within ``max_pixels``): what a receiver must know before it says "stored".
+    Raises the same domain errors as ``decode``."""
+    ds = _read(data, max_pixels)
+    layout = checks.pixel_layout(ds)
+    _check_pixel_data(ds, layout)
+    if layout.pixel_count > max_pixels:
+        raise ImageTooLarge(
+            f"The image has {layout.pixel_count} pixels (all frames), more than this service's limit "
+            f"of {max_pixels}; send fewer frames or a smaller image."
+        )
+    return ds
+
+
 def decode(
     data: bytes, modality: Modality | None, max_pixels: int, before_decode: BeforeDecode = ADMIT_ANY
 ) -> Image[DicomMeta]:

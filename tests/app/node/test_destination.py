@@ -176,3 +176,14 @@ def test_a_closed_port_is_a_failed_delivery_naming_the_error() -> None:
     root = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     with pytest.raises(DeliveryFailed, match=f"STOW-RS to {root}: ConnectError"):
         DicomWebDestination(root).deliver(INSTANCE)
+
+
+@pytest.mark.parametrize("url", ["dicom://   @pacs:104", "dicom://A\\B@pacs:104", "http:////"])
+def test_blank_or_backslashed_ae_titles_and_hostless_urls_are_refused(url: str) -> None:
+    with pytest.raises(ValueError, match="is neither"):
+        parse_destination(url, "DENOISE")
+
+
+def test_ipv6_hosts_and_one_letter_hosts_are_taken() -> None:
+    assert parse_destination("dicom://PACS@[::1]:104", "DENOISE").host == "::1"  # type: ignore[attr-defined]
+    assert parse_destination("http://x", "DENOISE").describe() == "http://x"

@@ -95,7 +95,7 @@ def test_an_unreadable_header_is_refused(node: Node) -> None:
     deflated = dicom_bytes(ct_dataset(), DeflatedExplicitVRLittleEndian)
     (group_length,) = struct.unpack("<I", deflated[140:144])
     corrupt = deflated[: 144 + group_length] + b"\xff" * 64  # the deflated dataset is not deflate
-    assert refusal(node, corrupt).reason == "the DICOM header cannot be read"
+    assert refusal(node, corrupt).reason == "The deflated DICOM dataset is corrupt; send the complete file."
 
 
 def test_an_instance_without_a_sop_instance_uid_is_refused(node: Node) -> None:
@@ -147,3 +147,10 @@ def test_refused_is_an_exception_carrying_its_reason() -> None:
     assert str(error) == "because" and error.reason == "because"
     assert (error.unsupported, error.wrong_study, error.sop_class_uid, error.sop_instance_uid) == (True, False, "1.2", "1.2.3")
 
+
+
+def test_a_truncated_instance_is_refused_before_it_is_acknowledged(node: Node) -> None:
+    """Its header alone reads; the pixel data is short: the sender must not hear "stored"."""
+    data = dicom_bytes(ct_dataset())
+    refused = refusal(node, data[: len(data) - 100])
+    assert "Pixel Data" in refused.reason or "pixel" in refused.reason.lower()
