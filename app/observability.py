@@ -165,6 +165,25 @@ class Telemetry:
             ["state"],
             registry=self.registry,
         )
+        self.remote_seconds = Histogram(
+            "denoise_remote_seconds",
+            "Time of one model call on the remote inference backend (DENOISE_INFERENCE_URL), per try that succeeded.",
+            ("model",),
+            buckets=_PHASE_BUCKETS,
+            registry=self.registry,
+        )
+        self.remote_failures = Counter(
+            "denoise_remote_failures",
+            "Remote model calls (tries) that failed, by kind: connect, timeout, server_error, rejected, "
+            "invalid_response, circuit_open (refused at once while the backend is marked down).",
+            ("model", "kind"),
+            registry=self.registry,
+        )
+        self.remote_up = Gauge(
+            "denoise_remote_up",
+            "1 while the remote inference backend is taken as up, 0 while it is marked down (only with DENOISE_INFERENCE_URL).",
+            registry=self.registry,
+        )
         self.models_unserved = Gauge(
             "denoise_models_unserved", "Models found but not served (see /v1/models).", registry=self.registry
         )
@@ -184,6 +203,10 @@ class Telemetry:
         for model in models.models.values():
             self.provider_info.labels(model.card.id, model.execution_provider).set(1)
         self.models_loaded.set(len(models.models))
+        if models.remote is not None:
+            remote = models.remote
+            remote.observer = self
+            self.remote_up.set_function(lambda: 0.0 if remote.down_reason() else 1.0)
         self.models_unserved.set(len(models.unserved))
 
     def observe_outcome(self, seconds: dict[str, float], modality: str, model: str, pixels: int) -> None:
@@ -201,6 +224,13 @@ class Telemetry:
         self.batch_run_seconds.labels(model).observe(run_seconds)
         for seconds in queued_seconds:
             self.batch_queue_seconds.labels(model).observe(seconds)
+
+    def observe_remote(self, model: str, seconds: float) -> None:
+        """Called by the remote backend after each model call it made."""
+        self.remote_seconds.labels(model).observe(seconds)
+
+    def remote_failure(self, model: str, kind: str) -> None:
+        self.remote_failures.labels(model, kind).inc()
 
     def observe_request(
         self, modality: str, model: str, status: int, seconds: float, reason: str | None

@@ -202,6 +202,10 @@ class DenoisePipeline:
                 f"DENOISE_MEMORY_BUDGET_BYTES ({megabytes(self.budget.total)}) does not cover the models' working "
                 f"memory ({megabytes(self.budget.reserved)}); raise it, or lower DENOISE_MAX_CALL_PIXELS."
             )
+        remote = self.registry.remote
+        down = remote.down_reason() if remote is not None else None
+        if down is not None:  # the circuit breaker is open (app/inference/remote.py)
+            return f"{down[:1].upper()}{down[1:]}; its models answer 503 until its /v2/health/ready answers again."
         stopped = self.stopped_models()
         if stopped:  # a bug stopped a model's inference worker: only a restart brings it back
             return f"The inference worker of {', '.join(stopped)} stopped on an internal error; restart the service."
@@ -213,6 +217,8 @@ class DenoisePipeline:
     def close(self) -> None:
         for denoiser in self.denoisers.values():
             denoiser.close()
+        if self.registry.remote is not None:  # after the batchers: their last calls may need it
+            self.registry.remote.close()
 
     def _decode(
         self,

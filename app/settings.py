@@ -267,6 +267,35 @@ class Settings(BaseSettings):
         description="address the metrics port listens on; 0.0.0.0 in a container that Prometheus scrapes",
     )
 
+    # Remote inference (app/inference/remote.py): off unless a backend URL is set.
+    inference_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://[^\s/]+(/[^\s]*)?$",
+        description="an Open Inference Protocol (KServe v2 / Triton HTTP) server holding the same "
+        "models, e.g. http://triton:8000: the model calls go there as normalised tiles, everything "
+        "else (decoding, normalisation, tiling, encoding) stays here; none: the models run here",
+    )
+    inference_timeout_s: float = Field(
+        default=30.0, gt=0, le=3600, description="longest wait for one remote model call (per try)"
+    )
+    inference_retries: int = Field(
+        default=2, ge=0, le=10,
+        description="tries after the first for a remote call that failed to connect or got a 5xx",
+    )
+    inference_failures_to_open: int = Field(
+        default=3, ge=1, le=1000,
+        description="consecutive failed remote calls after which the backend is marked down: calls "
+        "fail at once with 503 and /readyz answers 503 until its /v2/health/ready answers again",
+    )
+    inference_probe_interval_s: float = Field(
+        default=2.0, gt=0, le=300, description="while the backend is down, how often its health is probed"
+    )
+    inference_start_wait_s: float = Field(
+        default=60.0, ge=0, le=3600,
+        description="at start-up, how long to wait for the backend to answer before its models are "
+        "listed as not served",
+    )
+
     # The DICOM node (app/node): off unless a destination is configured.
     forward_to: str | None = Field(
         default=None,
@@ -299,7 +328,7 @@ class Settings(BaseSettings):
         "doubles from 1 s up to this)",
     )
 
-    @field_validator("forward_to", mode="before")
+    @field_validator("forward_to", "inference_url", mode="before")
     @classmethod
     def _empty_forward_to(cls, value: object) -> object:
         return None if value == "" else value

@@ -36,14 +36,16 @@ def uvicorn_server(
     *,
     uvicorn_args: Sequence[str] = (),
     started: Callable[[subprocess.Popen[bytes]], None] | None = None,
+    port: int | None = None,
     **settings: str,
 ) -> Iterator[str]:
     """Yield the base URL of a uvicorn serving ``models_dir``; ``settings`` become DENOISE_* vars.
 
     ``uvicorn_args`` are added to ``python -m app.server``'s command line; ``started`` is handed the process once
-    it answers (for tests that signal it or read its memory).
+    it answers (for tests that signal it or read its memory). ``port``: listen there (a server
+    restarted where its clients expect it) instead of on a free port.
     """
-    port = free_port()
+    port = port or free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("DENOISE_")}
     env.update(DENOISE_MODELS_DIR=str(models_dir), DENOISE_INTRA_OP_THREADS="1")
     env.update({f"DENOISE_{name.upper()}": value for name, value in settings.items()})

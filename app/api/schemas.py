@@ -137,6 +137,9 @@ class ModelMetadataResponse(BaseModel):
     platform: str
     inputs: list[TensorMetadata]
     outputs: list[TensorMetadata]
+    parameters: dict[str, str] | None = Field(
+        default=None, description="card_version: the model card's version (the weights behind version 1)"
+    )
 
 
 class ModelReadyResponse(BaseModel):

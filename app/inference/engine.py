@@ -100,8 +100,13 @@ class Denoiser:
     def run_model(self, batch: np.ndarray) -> np.ndarray:
         """One ONNX Runtime call on a float32 batch (N, C, h, w), bypassing the batcher.
 
-        Raises ``InferenceFailed`` (500 ``inference_failed``) when ONNX Runtime fails on it.
+        Raises ``InferenceFailed`` (500 ``inference_failed``) when ONNX Runtime fails on it. A
+        remote model's call goes to its backend (``app/inference/remote``), which raises
+        ``ModelUnavailable`` (503) while the backend cannot be reached.
         """
+        if self.model.remote is not None:
+            return self.model.remote.run(self.model.card.id, batch)
+        assert self.model.session is not None  # a local model always has its session
         return self._run_session(self.model.session, batch)
 
     def run_one_thread(self, batch: np.ndarray) -> np.ndarray:

@@ -25,7 +25,8 @@ from pydantic import ValidationError
 from app.allocator import return_freed_memory
 from app.errors import ModelNotFound, ModelUnavailable
 from app.inference.card import CARD_FILENAME, ModelCard, read_card
-from app.inference.working_memory import ASSUMED, CallMemory, measure, probe_side
+from app.inference.remote import RemoteBackend, TensorNames, check_metadata
+from app.inference.working_memory import ASSUMED, REMOTE, CallMemory, measure, probe_side
 from app.modality import Modality
 from app.settings import PROVIDER_ORDER, ProviderName, Settings
 
@@ -42,7 +43,7 @@ _GPU_PROVIDERS = {"tensorrt", "cuda"}
 @dataclass(frozen=True)
 class LoadedModel:
     card: ModelCard
-    session: ort.InferenceSession
+    session: ort.InferenceSession | None  # None for a model served by the remote backend
     providers: tuple[str, ...]  # as the session reports them, the one used first
     path: Path
     # The same model on one CPU thread, for the CPU lanes (app/inference/lanes.py); None on a GPU
@@ -50,6 +51,8 @@ class LoadedModel:
     one_thread_session: ort.InferenceSession | None = None
     # Working memory of one model call, measured at start-up (app/inference/working_memory.py).
     call_memory: CallMemory = ASSUMED
+    # The Open Inference Protocol server that runs this model (DENOISE_INFERENCE_URL), or None.
+    remote: RemoteBackend | None = None
 
     @property
     def execution_provider(self) -> str:
@@ -71,6 +74,8 @@ class ModelRegistry:
     unserved: list[UnservedModel] = field(default_factory=list)
     # Models refused because their session did not get DENOISE_REQUIRE_PROVIDER: not ready.
     missing_provider: list[str] = field(default_factory=list)
+    # DENOISE_INFERENCE_URL's backend, which every served model's calls go to; None: local sessions.
+    remote: RemoteBackend | None = None
 
     def modalities(self) -> list[str]:
         return sorted({m.card.modality for m in self.models.values()})
@@ -204,10 +209,16 @@ def _check_session(card: ModelCard, session: ort.InferenceSession) -> None:
 
 
 def _load_one(
-    card_dir: Path, settings: Settings, providers: tuple[str, ...], options: ort.SessionOptions
+    card_dir: Path,
+    settings: Settings,
+    providers: tuple[str, ...],
+    options: ort.SessionOptions,
+    remote: RemoteBackend | None = None,
 ) -> LoadedModel:
     card = read_card(card_dir)
     try:
+        if remote is not None:
+            return _build_remote(card, card_dir, settings, remote)
         return _build(card, card_dir, settings, providers, options)
     except _Refused as refused:
         raise _Refused(str(refused), card.id) from refused.__cause__
@@ -244,6 +255,55 @@ def _build(
             logger.warning("model %s: no one-thread session for the CPU lanes (%s)", card.id, type(error).__name__)
     return LoadedModel(
         card=card, session=session, providers=providers_used, path=model_path, one_thread_session=one_thread
+    )
+
+
+REMOTE_PROVIDER = "remote"  # what /v1/models and X-Execution-Provider say for a remote model
+
+
+def _build_remote(card: ModelCard, card_dir: Path, settings: Settings, remote: RemoteBackend) -> LoadedModel:
+    """A model the backend runs: the card is checked as for a local one, then the backend's
+    metadata against it (model, version, tensor names and shapes); no session is made here, and
+    the ONNX file need not be present (its bytes are the backend's)."""
+    _check_card(card, card_dir, settings.models_dir)
+    try:
+        metadata = remote.metadata(card.id)
+    except RuntimeError as error:
+        raise _Refused(str(error)) from error
+    if metadata is None:
+        raise _Refused(f"the inference backend {remote.url} does not serve a model '{card.id}'")
+    problem = check_metadata(metadata, card.input.name, card.input.channels, card.output.name)
+    if problem is not None:
+        raise _Refused(problem)
+    # The card's own version where the backend tells it: this service's /v2 metadata and a
+    # denoise-triton-export repository's config.pbtxt do, so other weights under the same name
+    # are refused instead of silently serving different results.
+    parameters = metadata.get("parameters")
+    told = parameters.get("card_version") if isinstance(parameters, dict) else None
+    told = told if isinstance(told, str) else remote.card_version(card.id)
+    if told is not None and told != card.version:
+        raise _Refused(f"the inference backend serves version {told} of '{card.id}', the card is version {card.version}")
+    remote.serve(card.id, TensorNames(card.input.name, card.output.name))
+    return LoadedModel(
+        card=card,
+        session=None,
+        providers=(REMOTE_PROVIDER,),
+        path=card_dir / card.file,
+        call_memory=REMOTE,
+        remote=remote,
+    )
+
+
+def remote_backend(settings: Settings) -> RemoteBackend | None:
+    """DENOISE_INFERENCE_URL's backend, or None where the models run here."""
+    if settings.inference_url is None:
+        return None
+    return RemoteBackend(
+        settings.inference_url,
+        timeout_s=settings.inference_timeout_s,
+        retries=settings.inference_retries,
+        failures_to_open=settings.inference_failures_to_open,
+        probe_interval_s=settings.inference_probe_interval_s,
     )
 
 
@@ -290,8 +350,12 @@ def _report(model: LoadedModel, requested: tuple[str, ...]) -> None:
 
 
 def load_registry(settings: Settings) -> ModelRegistry:
-    providers = select_providers(settings)
-    registry = ModelRegistry(models_dir=settings.models_dir, requested_providers=providers)
+    remote = remote_backend(settings)
+    providers = (REMOTE_PROVIDER,) if remote is not None else select_providers(settings)
+    registry = ModelRegistry(models_dir=settings.models_dir, requested_providers=providers, remote=remote)
+    if remote is not None and not remote.wait_until_ready(settings.inference_start_wait_s):
+        logger.warning("!!! inference backend %s did not answer /v2/health/ready in %.0f s !!!",
+                       remote.url, settings.inference_start_wait_s)
     options = session_options(settings)
     root = settings.models_dir
     if not root.is_dir():
@@ -308,7 +372,7 @@ def load_registry(settings: Settings) -> ModelRegistry:
     for card_dir in card_dirs:
         relative = str(card_dir.relative_to(root))
         try:
-            model = _load_one(card_dir, settings, providers, options)
+            model = _load_one(card_dir, settings, providers, options, remote)
         except ValidationError as error:
             fields = ", ".join(".".join(map(str, e["loc"])) for e in error.errors())
             registry.unserved.append(UnservedModel(relative, f"card.json is invalid ({fields})"))
@@ -325,6 +389,11 @@ def load_registry(settings: Settings) -> ModelRegistry:
             registry.unserved.append(UnservedModel(relative, "duplicate model id", model.card.id))
             continue
         required = settings.require_provider
+        if model.remote is not None:  # the provider is the backend's; no local session to measure
+            registry.models[model.card.id] = model
+            logger.info("model %s (%s/%s) runs on the inference backend %s",
+                        model.card.id, model.card.modality, model.card.architecture, remote and remote.url)
+            continue
         if required is not None and model.execution_provider != ORT_PROVIDERS[required]:
             reason = (f"its session runs on {model.execution_provider}, but DENOISE_REQUIRE_PROVIDER={required} "
                       f"requires {ORT_PROVIDERS[required]}")

@@ -38,6 +38,10 @@ class CallMemory:
 
 
 ASSUMED = CallMemory(ASSUMED_BYTES_PER_PIXEL, measured=False)
+# A remote model (app/inference/remote.py) computes on its backend; here a call holds only its
+# tensors: the input (up to 2 channels) and its request body, the output and its response body,
+# 4 bytes a value each. Not measured: nothing of the model runs in this process.
+REMOTE = CallMemory(2 * 2 * 4 + 2 * 4, measured=False)
 
 
 def _resident_bytes(field: str) -> int | None:

@@ -562,10 +562,9 @@ def test_one_pod_per_spool(overlay: str) -> None:
     assert nodes == (0 if overlay == "kserve" else 1)
 
 
-def test_the_triton_profile_prepares_the_remote_backend_without_breaking_the_service() -> None:
-    """The front ends' Triton URL waits in a ConfigMap of its own until the service has the setting
-    (issue 18, item 1); given to a pod today it would stop the service at start-up. Once the
-    setting exists, this fails until the front ends read the ConfigMap."""
+def test_the_triton_profile_sends_the_front_ends_model_calls_to_triton() -> None:
+    """The front ends' Triton URL (DENOISE_INFERENCE_URL) comes from a ConfigMap of its own that
+    only they read: the DICOM node runs the models itself."""
     docs = render("triton")
     (prepared,) = [
         c for c in find(docs, "ConfigMap") if c["metadata"]["name"].startswith("denoise-remote-inference")
@@ -581,10 +580,8 @@ def test_the_triton_profile_prepares_the_remote_backend_without_breaking_the_ser
         for source in c.get("envFrom", [])
         if source["configMapRef"]["name"] == prepared["metadata"]["name"]
     ]
-    if "inference_url" in Settings.model_fields:
-        assert readers == ["Deployment/denoise"], "wire denoise-remote-inference into the front ends"
-    else:
-        assert readers == [], "the service has no DENOISE_INFERENCE_URL yet: a pod given it would not start"
+    assert "inference_url" in Settings.model_fields  # a pod given an unknown DENOISE_* would not start
+    assert readers == ["Deployment/denoise"], "wire denoise-remote-inference into the front ends"
     (container,) = one(docs, "Deployment", "triton")["spec"]["template"]["spec"]["containers"]
     # A pinned release, never latest.
     assert re.fullmatch(r"nvcr\.io/nvidia/tritonserver:\d\d\.\d\d-py3", container["image"]), container["image"]

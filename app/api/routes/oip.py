@@ -218,6 +218,9 @@ def _metadata(model: LoadedModel) -> dict[str, Any]:
         "platform": PLATFORM,
         "inputs": [_tensor_metadata(card.input.name, card.input.channels)],
         "outputs": [_tensor_metadata(card.output.name)],
+        # The card's own version (the protocol's version is the export's folder, always 1): a
+        # front end using this service as its backend (DENOISE_INFERENCE_URL) checks it.
+        "parameters": {"card_version": card.version},
     }
 
 
