@@ -79,10 +79,14 @@ def test_the_estimated_level_is_the_slices_own_noise_plus_the_added(served: Test
 
 def test_signed_dicom_and_clipped_png_of_a_magnitude_mr_agree(served: TestClient) -> None:
     """Additive noise takes a magnitude image below zero: sent as signed DICOM and as PNG (which
-    clips on the way in), the model's answers are within 0.1 dB of each other."""
+    clips on the way in), the model's answers are within 0.1 dB of each other.
+
+    MR_small is a real scan with noise of its own: the service's estimator reads 5.9% of its
+    99.5th percentile on it before anything is added. At 10% added, what the model removes is
+    mostly the added noise, so beating the noisy input against this reference means denoising."""
     ds = pydicom.dcmread(io.BytesIO(dicom_file("MR_small.dcm")))
     clean = ds.pixel_array.astype(np.float64)
-    sigma = 0.05 * np.percentile(clean, 99.5)
+    sigma = 0.10 * np.percentile(clean, 99.5)
     noisy = np.round(clean + np.random.default_rng(2).normal(0.0, sigma, clean.shape)).astype(np.int16)
     assert (noisy < 0).any()
     ds.PixelData = noisy.tobytes()
