@@ -303,6 +303,12 @@ class Settings(BaseSettings):
         "http(s)://host/path (a DICOMweb root, STOW-RS to <root>/studies); none: the node is off and "
         "/dicomweb answers 503",
     )
+    forward_transfer_syntax: str | None = Field(
+        default=None,
+        description="the transfer syntax the DICOM node delivers in (a lossless one: Deflated, RLE, "
+        "JPEG-LS or JPEG 2000 Lossless UIDs); over DIMSE, sent uncompressed where the PACS does not "
+        "accept it; none: Explicit VR Little Endian",
+    )
     spool_dir: Path = Field(
         default=Path("spool"),
         description="the DICOM node's durable spool: every received instance is written here before "
@@ -328,7 +334,7 @@ class Settings(BaseSettings):
         "doubles from 1 s up to this)",
     )
 
-    @field_validator("forward_to", "inference_url", mode="before")
+    @field_validator("forward_to", "forward_transfer_syntax", "inference_url", mode="before")
     @classmethod
     def _empty_forward_to(cls, value: object) -> object:
         return None if value == "" else value

@@ -19,6 +19,7 @@ import anyio.from_thread
 import anyio.lowlevel
 import anyio.to_thread
 
+from app.imaging.dicom.transfer import check_offered
 from app.node.destination import Destination, parse_destination
 from app.node.intake import Intake
 from app.node.scp import StorageSCP
@@ -34,7 +35,8 @@ class DicomNode:
     def __init__(self, settings: Settings, pipeline: DenoisePipeline, destination: Destination) -> None:
         self.spool = Spool(settings.spool_dir)
         self.destination = destination
-        self.worker = NodeWorker(self.spool, pipeline, destination, settings.delivery_retry_max_s)
+        self.worker = NodeWorker(self.spool, pipeline, destination, settings.delivery_retry_max_s,
+                                 settings.forward_transfer_syntax)
         self._token: Any = None
         self.intake = Intake(self.spool, pipeline.registry.modalities, self._wake_from_any_thread,
                              settings.max_pixels)
@@ -90,4 +92,6 @@ def build_node(settings: Settings, pipeline: DenoisePipeline) -> DicomNode | Non
             raise ValueError("DENOISE_DICOM_PORT is set but DENOISE_FORWARD_TO is not: the node would "
                              "receive instances it could deliver nowhere")
         return None
+    if settings.forward_transfer_syntax is not None:
+        check_offered(settings.forward_transfer_syntax)  # a syntax results cannot be written in stops start-up
     return DicomNode(settings, pipeline, parse_destination(settings.forward_to, settings.dicom_ae_title))

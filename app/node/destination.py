@@ -17,7 +17,7 @@ from typing import Protocol
 
 import httpx
 import pydicom
-from pydicom.uid import ImplicitVRLittleEndian
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 # An AE title: 1-16 characters of the default repertoire without backslash, not all spaces
 # (PS3.5 6.2, VR AE); a host name, an IPv4 address, or an IPv6 one in brackets.
@@ -56,13 +56,25 @@ class DimseDestination:
         syntax = dataset.file_meta.TransferSyntaxUID
         ae = AE(ae_title=self.calling_ae_title)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = TIMEOUT_S
-        # The answer's own syntax first; Implicit VR Little Endian, which every SCP must accept
-        # (PS3.5 10.1), as the fallback (pynetdicom re-encodes an uncompressed dataset for it).
-        ae.add_requested_context(dataset.SOPClassUID, list(dict.fromkeys([syntax, ImplicitVRLittleEndian])))
+        # Two contexts: the answer's own syntax (DENOISE_FORWARD_TRANSFER_SYNTAX, compressed
+        # perhaps), and the uncompressed ones every SCP must accept (PS3.5 10.1). Whichever the
+        # PACS accepts decides how the instance travels.
+        uncompressed = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+        ae.add_requested_context(dataset.SOPClassUID, [syntax])
+        if syntax not in uncompressed:
+            ae.add_requested_context(dataset.SOPClassUID, uncompressed)
         association = ae.associate(self.host, self.port, ae_title=self.ae_title)
         if not association.is_established:
             raise DeliveryFailed(f"no association with {self.describe()}")
         try:
+            accepted = {str(c.transfer_syntax[0]) for c in association.accepted_contexts
+                        if c.abstract_syntax == dataset.SOPClassUID}
+            if syntax not in uncompressed and syntax not in accepted:
+                # The PACS takes only uncompressed instances: lossless both ways, the same values.
+                if syntax.is_compressed:
+                    dataset.decompress()
+                else:  # deflated: a dataset encoding, which pynetdicom redoes for the context
+                    dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
             status = association.send_c_store(dataset)
         finally:
             association.release()

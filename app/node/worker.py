@@ -36,6 +36,7 @@ class NodeWorker:
     pipeline: DenoisePipeline
     destination: Destination
     retry_max_s: float = 300.0
+    transfer_syntax: str | None = None  # of the results (DENOISE_FORWARD_TRANSFER_SYNTAX)
     delivered: int = 0
     delivery_failures: int = 0
     _wake: anyio.Event = field(default_factory=anyio.Event)
@@ -68,7 +69,8 @@ class NodeWorker:
     async def _denoise(self, item: Item) -> None:
         try:
             data = await anyio.to_thread.run_sync(self.spool.read, item)
-            outcome = await self.pipeline.run(DenoiseRequest(data=data, metrics="none"))
+            outcome = await self.pipeline.run(
+                DenoiseRequest(data=data, metrics="none", transfer_syntax=self.transfer_syntax))
         except _TRANSIENT as error:
             await anyio.to_thread.run_sync(self.spool.retry_later, item, error.detail, self._wait(item))
             return

@@ -116,3 +116,29 @@ def test_the_node_killed_mid_series_and_restarted_loses_nothing_and_sends_nothin
         assert status["states"]["delivered"] == SLICES and status["states"]["failed"] == 0
     datasets = derived_series(pacs, files)
     assert sorted(int(d.InstanceNumber) for d in datasets) == list(range(1, SLICES + 1))
+
+
+@pytest.mark.parametrize(("accepted", "expected"), [
+    (None, "1.2.840.10008.1.2.4.80"),  # Orthanc's defaults take JPEG-LS Lossless: it travels so
+    (["1.2.840.10008.1.2", "1.2.840.10008.1.2.1"], None),  # only uncompressed: sent uncompressed
+], ids=["pacs-takes-jpeg-ls", "pacs-takes-uncompressed-only"])
+def test_results_travel_in_the_configured_syntax_where_the_pacs_accepts_it(
+    models: Path, tmp_path: Path, accepted: list[str] | None, expected: str | None
+) -> None:
+    config = {} if accepted is None else {"AcceptedTransferSyntaxes": accepted}
+    files = write_ct_series(tmp_path / "series", 3, seed=3)
+    port = free_port()
+    with Orthanc(ae_title="PACS", workdir=tmp_path / "orthanc", config=config) as pacs:
+        settings = node_settings(tmp_path, f"dicom://{pacs.ae_title}@127.0.0.1:{pacs.dicom_port}", port)
+        settings["forward_transfer_syntax"] = "1.2.840.10008.1.2.4.80"
+        with uvicorn_server(models, tmp_path / "node.log", **settings) as base_url:
+            sent = storescu("127.0.0.1", port, NODE_AE, "MODALITY", files, timeout=60)
+            assert sent.returncode == 0, sent.stderr
+            wait_delivered(base_url, 3)
+        stored = derived_series(pacs, files)
+        syntaxes = {str(d.file_meta.TransferSyntaxUID) for d in stored}
+        if expected is not None:
+            assert syntaxes == {expected}
+        else:
+            assert syntaxes <= {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}
+        assert all(d.pixel_array.shape == (64, 64) for d in stored)

@@ -184,3 +184,12 @@ def test_a_compressed_instance_is_accepted_at_association_and_spooled(models_dir
         wait_for(lambda: len(destination.received) == 1)
         derived = pydicom.dcmread(io.BytesIO(destination.received[0]))
         assert derived.Modality == "CT" and derived.pixel_array.shape == (32, 32)
+
+
+def test_a_forward_transfer_syntax_results_cannot_be_written_in_stops_start_up(models_dir: Path, tmp_path: Path) -> None:
+    from app.errors import NotAcceptable
+
+    settings = Settings(models_dir=models_dir, intra_op_threads=1, spool_dir=tmp_path / "spool",
+                        forward_to="http://127.0.0.1:9/dicom-web", forward_transfer_syntax="1.2.840.10008.1.2.4.50")
+    with pytest.raises(NotAcceptable, match="lossless"), TestClient(create_app(settings)):
+        pass
