@@ -77,20 +77,20 @@ def test_a_series_by_c_store_lands_as_one_derived_series_by_c_store(models: Path
 def test_a_series_by_stow_rs_lands_by_stow_rs_and_waits_while_the_pacs_is_down(
     models: Path, pacs: Orthanc, tmp_path: Path
 ) -> None:
-    files = write_ct_series(tmp_path / "series", 20, seed=1)
+    files = write_ct_series(tmp_path / "series", SLICES, seed=1)
     with uvicorn_server(models, tmp_path / "node.log",
                         **node_settings(tmp_path, pacs.dicomweb_url, free_port())) as base_url:
         pacs.stop()  # the PACS goes down before anything is delivered
-        answer = stow(f"{base_url}/dicomweb", files[:10])
+        answer = stow(f"{base_url}/dicomweb", files[: SLICES // 2])
         assert answer.status_code == 200, answer.text
         time.sleep(3)
         status = httpx.get(f"{base_url}/v1/node").json()
         assert status["states"]["delivered"] == 0 and status["delivery_failures"] >= 1
         pacs.start()
-        assert stow(f"{base_url}/dicomweb", files[10:]).status_code == 200
-        wait_delivered(base_url, 20)
+        assert stow(f"{base_url}/dicomweb", files[SLICES // 2 :]).status_code == 200
+        wait_delivered(base_url, SLICES)
     datasets = derived_series(pacs, files)
-    assert sorted(int(d.InstanceNumber) for d in datasets) == list(range(1, 21))
+    assert sorted(int(d.InstanceNumber) for d in datasets) == list(range(1, SLICES + 1))
 
 
 def test_the_node_killed_mid_series_and_restarted_loses_nothing_and_sends_nothing_twice(
