@@ -183,3 +183,31 @@ def test_backend_down_gives_503_then_recovers(front: httpx.Client, backend: Back
     wait_for(lambda: front.get("/readyz").status_code == 200, RECOVERY_S)
     assert pixels(front.post("/v1/denoise", files=files, data=fields)).shape == (150, 97)
     assert metric_total(metrics_of(front), "denoise_remote_up") == 1
+
+
+COMMITTED = Path(__file__).resolve().parents[2] / "models"
+COMMITTED_IDS = sorted(f"{card.parent.parent.name}-{card.parent.name}" for card in COMMITTED.glob("*/*/card.json"))
+
+
+@pytest.fixture(scope="module")
+def committed_pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[httpx.Client, TestClient]]:
+    """A front end sending every call to a backend, both serving the committed models, and a
+    local instance of the same models in this process."""
+    logs = tmp_path_factory.mktemp("committed")
+    settings = Settings(models_dir=COMMITTED, intra_op_threads=1, **SETTINGS)  # type: ignore[arg-type]
+    with uvicorn_server(COMMITTED, logs / "backend.log", **SETTINGS) as backend_url, \
+            uvicorn_server(COMMITTED, logs / "front.log", inference_url=backend_url, **SETTINGS) as front_url, \
+            httpx.Client(base_url=front_url, timeout=120) as front, TestClient(create_app(settings)) as local:
+        yield front, local
+
+
+@pytest.mark.parametrize("model_id", COMMITTED_IDS)
+def test_every_committed_model_answers_remotely_as_locally(model_id: str, committed_pair: tuple[httpx.Client, TestClient]) -> None:
+    front, local = committed_pair
+    modality = model_id.split("-")[0]
+    files, form = png_request(modality, seed=len(model_id))
+    form = {**form, "model": model_id, "metrics": "none"}
+    remote_answer = front.post("/v1/denoise", files=files, data=form)
+    assert remote_answer.headers.get("x-execution-provider") == "remote", remote_answer.text
+    np.testing.assert_allclose(pixels(remote_answer), pixels(local.post("/v1/denoise", files=files, data=form)),
+                               atol=1e-5)
