@@ -3,12 +3,18 @@
 ``denoise-triton-export --out triton-models`` (or ``python -m app.tools.triton_export``) writes,
 for every model under the models folder whose ONNX file matches its card's checksum::
 
-    <out>/<model_id>/config.pbtxt     ONNX Runtime backend, dynamic batching, tensors from the card
+    <out>/<model_id>/config.pbtxt     ONNX Runtime backend, tensors from the card, instance group,
+                                      dynamic batching, warm-up, optionally TensorRT
     <out>/<model_id>/1/model.onnx     the committed file, byte for byte
     <out>/<model_id>/card.json        the card, for the normalisation a client must apply
 
-Triton serves the bare model, like this service's ``/v2`` endpoints: FP32 [N, 1, H, W] in the
-model's [0, 1] range after the card's normalisation, H and W multiples of the card's
+The defaults suit this service as Triton's front end (``DENOISE_INFERENCE_URL``): Triton's batch
+sizes are the service's micro-batches, and its warm-up runs them at the service's tile shape, so
+the first live request does not pay for an engine build.
+
+Triton serves the bare model, like this service's ``/v2`` endpoints: FP32 [N, C, H, W] (C the
+card's input channels: 2 for a model conditioned on a noise map) in the model's [0, 1] range
+after the card's normalisation, H and W multiples of the card's
 ``spatial_multiple``; decoding, normalisation and tiling stay with the client. The model name and
 version (``1``) are the ones ``/v2`` uses, so a client moves between the two by changing the URL.
 """
