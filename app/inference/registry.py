@@ -40,6 +40,25 @@ ORT_PROVIDERS: dict[ProviderName, str] = {
 _GPU_PROVIDERS = {"tensorrt", "cuda"}
 
 
+def provider_options(providers: tuple[str, ...], settings: Settings) -> list[dict[str, str]]:
+    """Each requested provider's options, in the same order (ONNX Runtime takes them as a list
+    beside the names). Pure: the GPU configuration is tested on any machine."""
+    options: list[dict[str, str]] = []
+    for provider in providers:
+        if provider == ORT_PROVIDERS["tensorrt"]:
+            trt = {"trt_fp16_enable": str(settings.trt_fp16).lower()}
+            if settings.trt_cache_dir is not None:
+                cache = str(settings.trt_cache_dir)
+                trt |= {"trt_engine_cache_enable": "true", "trt_engine_cache_path": cache,
+                        "trt_timing_cache_enable": "true", "trt_timing_cache_path": cache}
+            options.append(trt)
+        elif provider == ORT_PROVIDERS["cuda"]:
+            options.append({"cudnn_conv_algo_search": settings.cudnn_conv_algo_search})
+        else:
+            options.append({})
+    return options
+
+
 @dataclass(frozen=True)
 class LoadedModel:
     card: ModelCard
@@ -240,7 +259,8 @@ def _build(
     if digest != card.sha256.lower():
         raise _Refused(f"checksum mismatch: {card.file} has sha256 {digest}, the card says {card.sha256}")
     try:
-        session = ort.InferenceSession(data, sess_options=options, providers=list(providers))
+        session = ort.InferenceSession(data, sess_options=options, providers=list(providers),
+                                       provider_options=provider_options(providers, settings))
     except Exception as error:  # ORT raises its own types; the model is refused, not the service
         raise _Refused(f"ONNX Runtime could not load it ({type(error).__name__})") from error
     _check_session(card, session)

@@ -155,3 +155,18 @@ def test_a_required_provider_that_was_not_obtained_keeps_the_service_unready(
         assert ready.status_code == 503 and "DENOISE_REQUIRE_PROVIDER" in ready.text
     assert Settings(models_dir=models_dir, require_provider="").require_provider is None
     assert load_registry(settings.model_copy(update={"require_provider": "cpu"})).missing_provider == []
+
+
+def test_gpu_providers_get_their_configuration() -> None:
+    from pathlib import Path
+
+    from app.inference.registry import ORT_PROVIDERS, provider_options
+    from app.settings import Settings
+
+    providers = (ORT_PROVIDERS["tensorrt"], ORT_PROVIDERS["cuda"], ORT_PROVIDERS["cpu"])
+    trt, cuda, cpu = provider_options(providers, Settings(trt_cache_dir=Path("/cache/trt")))
+    assert trt == {"trt_fp16_enable": "false", "trt_engine_cache_enable": "true", "trt_engine_cache_path": "/cache/trt",
+                   "trt_timing_cache_enable": "true", "trt_timing_cache_path": "/cache/trt"}
+    assert cuda == {"cudnn_conv_algo_search": "HEURISTIC"} and cpu == {}
+    (no_cache,) = provider_options(providers[:1], Settings(trt_fp16=True))
+    assert no_cache == {"trt_fp16_enable": "true"}
