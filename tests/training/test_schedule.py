@@ -12,15 +12,20 @@ def test_every_step_uses_the_committed_configs_and_fine_tunes_from_the_pretraini
     configs = Path("training/configs")
     for name, profile in PROFILES.items():
         steps = plan(profile, configs, Path("runs"))
-        assert [module for module, _ in steps] == ["training.train"] * 4 + ["training.export"] * 3
+        trains = 4 + len(profile.continuations)
+        assert [module for module, _ in steps] == ["training.train"] * trains + ["training.export"] * 3
         pretrain = steps[0][1]
         assert pretrain[pretrain.index("--name") + 1] == PRETRAIN_RUN and "--from-scratch" in pretrain
         for _, argv in steps[1:4]:
             config = load_config(Path(argv[argv.index("--config") + 1]))
             assert config.run.init_from == f"runs/{PRETRAIN_RUN}/best.pt"  # the pretraining's output
             assert argv[argv.index("--batch-size") + 1] == str(profile.batch_size)
-        exported = [argv[argv.index("--run") + 1] for _, argv in steps[4:]]
-        assert exported == ["runs/ct-unet", "runs/mr-unet", "runs/xray-unet"], name
+        for _, argv in steps[4:trains]:  # a continuation starts from its modality's fine-tune
+            config = load_config(Path(argv[argv.index("--config") + 1]))
+            assert config.run.init_from == f"runs/{config.run.modality}-unet/best.pt"
+        exported = [argv[argv.index("--run") + 1] for _, argv in steps[trains:]]
+        continued = {modality: f"runs/{config}" for modality, config, _ in profile.continuations}
+        assert exported == [continued.get(m, f"runs/{m}-unet") for m in ("ct", "mr", "xray")], name
     gpu, cpu = PROFILES["gpu"], PROFILES["cpu"]
     assert gpu.pretrain_minutes + 3 * gpu.finetune_minutes <= 8  # the GPU entry point's budget
     assert gpu.batch_size > cpu.batch_size and gpu.patch_size > cpu.patch_size
