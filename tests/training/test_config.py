@@ -15,7 +15,9 @@ CONFIGS = sorted((Path(__file__).resolve().parents[2] / "training" / "configs").
 def test_committed_configs_load_and_name_their_file(path: Path) -> None:
     config = load_config(path)
     assert config.run.name == path.stem
-    assert f"{config.run.modality}-{config.run.architecture}" == path.stem
+    # <modality>-<architecture>, or that and a suffix for a continuation of its run (ct-unet-gaussian)
+    base = f"{config.run.modality}-{config.run.architecture}"
+    assert path.stem == base or (path.stem.startswith(base + "-") and config.run.init_from == f"runs/{base}/best.pt")
 
 
 def test_there_is_a_unet_and_an_autoencoder_config_per_modality() -> None:
