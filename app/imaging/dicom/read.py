@@ -256,24 +256,9 @@ def _elements_as_read(ds: Dataset) -> dict[BaseTag, RawDataElement]:
     }
 
 
-def check_instance(data: bytes, max_pixels: int) -> Dataset:
-    """The checks ``decode`` makes before any pixel is decoded (readable header, pixel data of the
-    size it declares, within ``max_pixels``): what a receiver must know before it says "stored".
-    Raises the same domain errors as ``decode``."""
-    ds = _read(data, max_pixels)
-    layout = checks.pixel_layout(ds)
-    _check_pixel_data(ds, layout)
-    if layout.pixel_count > max_pixels:
-        raise ImageTooLarge(
-            f"The image has {layout.pixel_count} pixels (all frames), more than this service's limit "
-            f"of {max_pixels}; send fewer frames or a smaller image."
-        )
-    return ds
-
-
-def decode(
-    data: bytes, modality: Modality | None, max_pixels: int, before_decode: BeforeDecode = ADMIT_ANY
-) -> Image[DicomMeta]:
+def _checked(data: bytes, max_pixels: int) -> tuple[Dataset, PixelLayout, dict[BaseTag, RawDataElement]]:
+    """The header read and checked against its pixel data and ``max_pixels``, nothing decoded:
+    (dataset, layout, its elements as read before the layout's reads converted any)."""
     ds = _read(data, max_pixels)
     as_read = _elements_as_read(ds)
     layout = checks.pixel_layout(ds)
@@ -283,6 +268,20 @@ def decode(
             f"The image has {layout.pixel_count} pixels (all frames), more than this service's limit "
             f"of {max_pixels}; send fewer frames or a smaller image."
         )
+    return ds, layout, as_read
+
+
+def check_instance(data: bytes, max_pixels: int) -> Dataset:
+    """The checks ``decode`` makes before any pixel is decoded (readable header, pixel data of the
+    size it declares, within ``max_pixels``): what a receiver must know before it says "stored".
+    Raises the same domain errors as ``decode``."""
+    return _checked(data, max_pixels)[0]
+
+
+def decode(
+    data: bytes, modality: Modality | None, max_pixels: int, before_decode: BeforeDecode = ADMIT_ANY
+) -> Image[DicomMeta]:
+    ds, layout, as_read = _checked(data, max_pixels)
     modality = modality or modality_of(ds)
     luts, units = _modality_luts(ds, layout, profile(modality).units if modality else "stored value")
     before_decode(layout.frames, layout.rows * layout.columns)

@@ -12,18 +12,8 @@ import pydicom
 from fastapi.testclient import TestClient
 
 from tests.app.fuzz.bounds import assert_error
-from tests.app.fuzz.builders import ct_dataset, dicom_bytes
+from tests.app.fuzz.builders import ct_dataset, ct_series, dicom_bytes
 from tests.files import dicom_file, png_bytes
-
-
-def slices(count: int) -> list[bytes]:
-    out = []
-    for index in range(count):
-        ds = ct_dataset(seed=index)
-        ds.SOPInstanceUID = f"1.2.826.0.1.3680043.8.498.1.{index + 1}"
-        ds.InstanceNumber = index + 1
-        out.append(dicom_bytes(ds))
-    return out
 
 
 def post(client: TestClient, files: list[bytes], headers: dict[str, str] | None = None, **fields: str):  # type: ignore[no-untyped-def]
@@ -39,7 +29,7 @@ def parts_of(response) -> list[tuple[dict[str, str], bytes]]:  # type: ignore[no
 
 
 def test_every_result_comes_back_in_the_order_sent(client: TestClient) -> None:
-    sent = slices(5)
+    sent = ct_series(5)
     response = post(client, sent)
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith('multipart/related; type="application/dicom"; boundary=')
@@ -58,7 +48,7 @@ def test_every_result_comes_back_in_the_order_sent(client: TestClient) -> None:
 
 
 def test_each_part_equals_the_same_file_sent_alone(client: TestClient) -> None:
-    sent = slices(3)
+    sent = ct_series(3)
     together = [content for _, content in parts_of(post(client, sent))]
     for data, content in zip(sent, together, strict=True):
         alone = post(client, [data])
@@ -69,7 +59,7 @@ def test_each_part_equals_the_same_file_sent_alone(client: TestClient) -> None:
 
 
 def test_a_png_among_them_refuses_the_whole_request_before_any_work(client: TestClient) -> None:
-    files = [*slices(2), png_bytes(np.zeros((16, 16), np.uint16))]
+    files = [*ct_series(2), png_bytes(np.zeros((16, 16), np.uint16))]
     response = post(client, files, modality="ct")
     assert_error(response, 422, "several_files_not_dicom")
     assert "File 3 of 3" in response.json()["detail"]
@@ -78,20 +68,20 @@ def test_a_png_among_them_refuses_the_whole_request_before_any_work(client: Test
 def test_one_bad_instance_refuses_the_whole_request_naming_it(client: TestClient) -> None:
     broken = ct_dataset()
     del broken.StudyInstanceUID
-    response = post(client, [*slices(2), dicom_bytes(broken), *slices(1)])
+    response = post(client, [*ct_series(2), dicom_bytes(broken), *ct_series(1)])
     assert_error(response, 422, "missing_study_uid")
     assert response.json()["detail"].startswith("File 3 of 4: ")
 
 
 def test_a_client_that_does_not_accept_multipart_is_told_so(client: TestClient) -> None:
-    response = post(client, slices(2), headers={"accept": "application/dicom"})
+    response = post(client, ct_series(2), headers={"accept": "application/dicom"})
     assert_error(response, 406, "not_acceptable")
     assert "multipart/related" in response.json()["detail"]
-    assert post(client, slices(2), headers={"accept": "multipart/related; type=\"application/dicom\""}).status_code == 200
+    assert post(client, ct_series(2), headers={"accept": "multipart/related; type=\"application/dicom\""}).status_code == 200
 
 
 def test_a_reference_with_several_files_is_refused(client: TestClient) -> None:
-    data = slices(2)
+    data = ct_series(2)
     response = client.post(
         "/v1/denoise",
         files=[("file", ("a", data[0])), ("file", ("b", data[1])), ("reference", ("r", data[0]))],

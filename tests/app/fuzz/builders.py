@@ -133,6 +133,18 @@ def dicom_bytes(ds: Dataset, syntax: UID = ExplicitVRLittleEndian) -> bytes:
     return out.getvalue()
 
 
+def ct_series(count: int) -> list[bytes]:
+    """``count`` slices of the small CT as one series: their own SOP Instance UIDs and Instance
+    Numbers 1..count, pixels seeded by their index."""
+    out = []
+    for index in range(count):
+        ds = ct_dataset(seed=index)
+        ds.SOPInstanceUID = f"1.2.826.0.1.3680043.8.498.1.{index + 1}"
+        ds.InstanceNumber = index + 1
+        out.append(dicom_bytes(ds))
+    return out
+
+
 def ct_bytes(**changes: object) -> bytes:
     """The small CT with attributes replaced (``None`` deletes one), written Explicit VR LE."""
     ds = ct_dataset()

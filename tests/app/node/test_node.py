@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.settings import Settings
-from tests.app.fuzz.builders import ct_dataset, dicom_bytes
+from tests.app.fuzz.builders import ct_series
 from tests.files import dicom_file, png_bytes
 
 STUDY = "1.2.826.0.1.3680043.8.498.2"
@@ -32,16 +32,6 @@ class Recording:
 
     def describe(self) -> str:
         return "recording"
-
-
-def series(count: int) -> list[bytes]:
-    out = []
-    for index in range(count):
-        ds = ct_dataset(seed=index)
-        ds.SOPInstanceUID = f"1.2.826.0.1.3680043.8.498.1.{index + 1}"
-        ds.InstanceNumber = index + 1
-        out.append(dicom_bytes(ds))
-    return out
 
 
 def stow(client: TestClient, parts: list[bytes], path: str = "/dicomweb/studies"):  # type: ignore[no-untyped-def]
@@ -69,7 +59,7 @@ def node_client(models_dir: Path, tmp_path: Path) -> Iterator[TestClient]:
 
 
 def test_stored_instances_wait_while_the_destination_is_down_then_all_arrive(node_client: TestClient) -> None:
-    sent = series(3)
+    sent = ct_series(3)
     response = stow(node_client, sent)
     assert response.status_code == 200 and response.headers["content-type"] == "application/dicom+json"
     stored = response.json()["00081199"]["Value"]
@@ -99,19 +89,19 @@ def test_stored_instances_wait_while_the_destination_is_down_then_all_arrive(nod
 
 def test_refusals_come_back_in_the_failed_sop_sequence(node_client: TestClient) -> None:
     nuclear = dicom_file("JPEG2000_UNC.dcm")  # NM: no model
-    response = stow(node_client, [series(1)[0], png_bytes(np.zeros((8, 8), np.uint8)), nuclear])
+    response = stow(node_client, [ct_series(1)[0], png_bytes(np.zeros((8, 8), np.uint8)), nuclear])
     assert response.status_code == 202
     failed = response.json()["00081198"]["Value"]
     reasons = [item["00081197"]["Value"][0] for item in failed]
     assert reasons == [0xC000, 0x0122]
     assert "NM" in failed[1]["00000902"]["Value"][0]
-    wrong_study = stow(node_client, series(1), path="/dicomweb/studies/1.2.3")
+    wrong_study = stow(node_client, ct_series(1), path="/dicomweb/studies/1.2.3")
     assert wrong_study.status_code == 409
     assert wrong_study.json()["00081198"]["Value"][0]["00081197"]["Value"][0] == 0xC122
 
 
 def test_without_a_destination_nothing_is_accepted(client: TestClient) -> None:
-    response = stow(client, series(1))
+    response = stow(client, ct_series(1))
     assert response.status_code == 503 and response.json()["error"] == "node_not_configured"
     assert client.get("/v1/node").status_code == 503
 
@@ -138,7 +128,7 @@ def test_storescu_to_the_node_is_spooled_then_delivered(models_dir: Path, tmp_pa
                         forward_to="http://127.0.0.1:9/dicom-web", dicom_port=port, dicom_host="127.0.0.1",
                         dicom_allowed_aes=("MODALITY",), delivery_retry_max_s=0.5)
     files = []
-    for index, data in enumerate(series(4)):
+    for index, data in enumerate(ct_series(4)):
         path = tmp_path / f"{index}.dcm"
         path.write_bytes(data)
         files.append(str(path))
@@ -169,7 +159,7 @@ def test_a_compressed_instance_is_accepted_at_association_and_spooled(models_dir
                         forward_to="http://127.0.0.1:9/dicom-web", dicom_port=port, dicom_host="127.0.0.1")
     from pydicom.uid import JPEG2000Lossless
 
-    compressed = pydicom.dcmread(io.BytesIO(series(1)[0]))
+    compressed = pydicom.dcmread(io.BytesIO(ct_series(1)[0]))
     compressed.compress(JPEG2000Lossless, generate_instance_uid=False)  # as a modality may store it
     source = tmp_path / "j2k.dcm"
     compressed.save_as(source, enforce_file_format=True)
