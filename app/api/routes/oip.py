@@ -284,16 +284,16 @@ async def infer(
 
         # Off the event loop: inflating a large body on it stalled every other request
         # (docs/BENCHMARKS.md, "Figures behind choices in the code").
-        def parse() -> InferRequest:
-            inflated = decompress(body, encoding, settings.max_upload_bytes)
+        def parse(raw: bytes) -> InferRequest:
+            inflated = decompress(raw, encoding, settings.max_upload_bytes)
             try:
                 return parse_infer_request(inflated, header_length, contract)
             finally:
-                if len(inflated) >= TRIM_AFTER_BODY_BYTES and inflated is not body:
+                if len(inflated) >= TRIM_AFTER_BODY_BYTES and inflated is not raw:
                     del inflated  # what parsing it took goes back to the kernel, as for a large body
                     return_freed_memory()
 
-        job = await anyio.to_thread.run_sync(parse)
+        job = await anyio.to_thread.run_sync(parse, body)
         del body
         started = time.perf_counter()
         deadline = Deadline(settings.request_timeout_s)
