@@ -25,6 +25,7 @@ from app.node.intake import Refused
 router = APIRouter(tags=["dicomweb"])
 
 MEDIA_TYPE = "application/dicom+json"
+MAX_INSTANCES = 10_000  # per request; a series larger than that comes in several
 # Failure Reason (0008,1197) values (PS3.18 10.5.3; the C-STORE statuses of PS3.4 B.2.3)
 _PROCESSING_FAILURE = 0x0110
 _SOP_CLASS_NOT_SUPPORTED = 0x0122
@@ -52,7 +53,12 @@ def _instances(content_type: str, body: bytes) -> list[bytes]:
         raise UnsupportedImage(
             f"STOW-RS here takes DICOM Part 10 instances (type=\"application/dicom\"), not {part_type.decode()!r}."
         )
-    parts = split_parts(body, options.get(b"boundary", b""))
+    boundary = options.get(b"boundary", b"")
+    # Counted before anything is split: each part would be a list entry and a spool write.
+    if boundary and body.count(b"--" + boundary) > MAX_INSTANCES + 1:
+        raise InvalidRequest(f"A STOW-RS request may hold at most {MAX_INSTANCES} instances; send the series in "
+                             "several requests.", code="too_many_instances")
+    parts = split_parts(body, boundary)
     if parts is None or not parts:
         raise InvalidRequest("The multipart/related body is malformed or empty; send one part per instance.",
                              code="invalid_multipart")
@@ -77,7 +83,7 @@ _STORE_RESPONSES: dict[int | str, dict[str, Any]] = {
           "(0008,1197) and an Error Comment (0000,0902) saying why", **_STORE_RESPONSE},
     409: {"description": "none spooled: the Failed SOP Sequence says why", **_STORE_RESPONSE},
     415: {"model": ErrorResponse, "description": "not multipart/related; type=\"application/dicom\""},
-    422: {"model": ErrorResponse, "description": "a malformed or empty multipart body"},
+    422: {"model": ErrorResponse, "description": "a malformed or empty multipart body, or more than 10,000 instances"},
     503: {"model": ErrorResponse, "description": "node_not_configured: no DENOISE_FORWARD_TO, nothing is accepted"},
 }
 

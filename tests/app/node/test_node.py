@@ -183,3 +183,14 @@ def test_a_forward_transfer_syntax_results_cannot_be_written_in_stops_start_up(m
                         forward_to="http://127.0.0.1:9/dicom-web", forward_transfer_syntax="1.2.840.10008.1.2.4.50")
     with pytest.raises(NotAcceptable, match="lossless"), TestClient(create_app(settings)):
         pass
+
+
+def test_a_stow_body_of_more_instances_than_allowed_is_refused_before_it_is_split(
+    node_client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.api.routes import dicomweb
+
+    monkeypatch.setattr(dicomweb, "MAX_INSTANCES", 2)
+    response = stow(node_client, ct_series(3))
+    assert response.status_code == 422 and response.json()["error"] == "too_many_instances"
+    assert node_client.get("/v1/node").json()["states"]["received"] == 0
