@@ -57,6 +57,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # Last out: finishes queued batches and stops the batcher threads once the node, whose
             # worker uses the pipeline, has stopped.
             stack.callback(app.state.pipeline.close)
+            # Every tile shape once before the service says it is ready (tile buckets, GPU).
+            await anyio.to_thread.run_sync(app.state.pipeline.warm_up)
             telemetry.watch_queues(app.state.pipeline.queued_tiles)
             app.state.node = build_node(settings, app.state.pipeline)
             if app.state.node is not None:

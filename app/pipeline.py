@@ -166,9 +166,10 @@ class DenoisePipeline:
         deadline = deadline or Deadline(self.settings.request_timeout_s)
 
         count, channels, rows, cols = tensor.shape
-        tiled = rows > denoiser.plan.tile or cols > denoiser.plan.tile
+        tiled = not denoiser.plan.takes_whole(rows, cols)
         needed = count * rows * cols * TENSOR_OUTPUT_BYTES_PER_PIXEL
-        needed += rows * cols * (TENSOR_TILING_BYTES_PER_PIXEL + 4 * channels) if tiled else 0
+        padded = denoiser.plan.padded_pixels(rows, cols)
+        needed += padded * (TENSOR_TILING_BYTES_PER_PIXEL + 4 * channels) if tiled else 0
 
         def run() -> tuple[np.ndarray, float]:
             try:
@@ -180,6 +181,21 @@ class DenoisePipeline:
                     self._give_back(model_id)
 
         return await anyio.to_thread.run_sync(run, limiter=self.waiting)
+
+    def warm_up(self) -> None:
+        """Run each model's tile shapes once (``Denoiser.warm_up``), so a GPU provider's engine
+        builds and algorithm searches happen at start-up, not during the first requests. A model
+        that fails here is logged; its requests will say so."""
+        for model_id, denoiser in self.denoisers.items():
+            started = time.perf_counter()
+            try:
+                shapes = denoiser.warm_up()
+            except Exception as error:  # noqa: BLE001 - the service starts; the model's calls report it
+                logger.error("model %s: warm-up failed (%s)", model_id, type(error).__name__)
+                continue
+            if shapes:
+                logger.info("model %s: warmed up %d input shapes in %.1f s (tile buckets %s)", model_id,
+                            len(shapes), time.perf_counter() - started, list(denoiser.plan.buckets))
 
     def queued_tiles(self) -> dict[str, int]:
         """Tiles waiting in each model's batch queue now."""
@@ -237,14 +253,15 @@ class DenoisePipeline:
             before_decode=before_decode,
         )
 
-    @staticmethod
-    def _admission(request: DenoiseRequest, grant: MemoryGrant) -> BeforeDecode:
+    def _admission(self, request: DenoiseRequest, grant: MemoryGrant) -> BeforeDecode:
         """Take the request's estimated memory from the budget once the header gives its size."""
         reference = request.reference is not None and request.metrics != "none"
 
-        def admit(frames: int, frame_pixels: int) -> None:
+        def admit(frames: int, rows: int, cols: int) -> None:
             per_pixel = IMAGE_BYTES_PER_PIXEL + (REFERENCE_BYTES_PER_PIXEL if reference else 0)
-            grant.take(frames * frame_pixels * per_pixel + frame_pixels * FRAME_BYTES_PER_PIXEL)
+            # The frame's working arrays are as large as the padding makes them (tile buckets).
+            working = max([rows * cols] + [d.plan.padded_pixels(rows, cols) for d in self.denoisers.values()])
+            grant.take(frames * rows * cols * per_pixel + working * FRAME_BYTES_PER_PIXEL)
 
         return admit
 

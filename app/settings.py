@@ -175,6 +175,15 @@ class Settings(BaseSettings):
         "a 2048-pixel radiograph runs a little slower in 512-pixel tiles than in 1088-pixel ones "
         "(docs/BENCHMARKS.md, \"Memory per request and hostile requests\")",
     )
+    tile_buckets: Annotated[Literal["auto", "off"] | tuple[int, ...], NoDecode] = Field(
+        default="auto",
+        description="tile sides besides DENOISE_TILE_SIZE that every model input is padded to, so a "
+        "few fixed shapes serve every image size and requests of different sizes share batches "
+        "(comma-separated, e.g. 256); 'off': tiles cut to each image's size; 'auto': half the tile "
+        "size for models on a GPU provider or the inference backend, where each new shape builds an "
+        "engine or runs an algorithm search, and off on the CPU, which pays per pixel, not per shape. "
+        "Padded images differ from exact ones only within a receptive field of their far borders",
+    )
     tile_overlap: int = Field(
         default=32,
         ge=0,
@@ -366,6 +375,13 @@ class Settings(BaseSettings):
         value = _comma_list(value)
         return tuple(str(part).lower() for part in value) if isinstance(value, tuple) else value
 
+    @field_validator("tile_buckets", mode="before")
+    @classmethod
+    def _split_buckets(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().lower() in ("auto", "off"):
+            return value.strip().lower()
+        return _comma_list(value)
+
     @field_validator("api_keys", "cors_origins", "dicom_allowed_aes", "dicom_allowed_hosts", mode="before")
     @classmethod
     def _split_list(cls, value: object) -> object:
@@ -453,7 +469,21 @@ class Settings(BaseSettings):
     def _check_tiles(self) -> Settings:
         if self.tile_overlap * 2 >= self.tile_size:
             raise ValueError("tile_overlap must be less than half of tile_size")
+        if isinstance(self.tile_buckets, tuple):
+            if not self.tile_buckets:
+                raise ValueError("tile_buckets: name at least one side, or 'auto' or 'off'")
+            if any(not 16 <= side < self.tile_size for side in self.tile_buckets):
+                raise ValueError("tile_buckets: each side at least 16 and less than tile_size (which is the largest)")
         return self
+
+    def smaller_buckets(self, on_gpu: bool) -> tuple[int, ...] | None:
+        """The tile sides besides ``tile_size`` a model's inputs are padded to, or None for
+        exact sizes; ``on_gpu``: the model runs on a GPU provider or the inference backend."""
+        if self.tile_buckets == "off" or (self.tile_buckets == "auto" and not on_gpu):
+            return None
+        if self.tile_buckets == "auto":
+            return (self.tile_size // 2,)
+        return self.tile_buckets
 
     @model_validator(mode="after")
     def _check_batching(self) -> Settings:

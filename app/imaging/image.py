@@ -24,12 +24,12 @@ ImageFormat = Literal["png", "dicom"]
 # ``Image.meta``: what the image's codec keeps to write it back, one type per format
 # (``Image[DicomMeta]``, ``Image[PngMeta]``).
 Meta = TypeVar("Meta", bound="PngMeta | DicomMeta")
-# Called with the image's frame count and pixels per frame once its header is read and before any
+# Called with the image's frame count, rows and columns once its header is read and before any
 # pixel is decoded: the service admits the request against its memory budget there (app/memory.py).
-BeforeDecode = Callable[[int, int], None]
+BeforeDecode = Callable[[int, int, int], None]
 
 
-def _nothing(frames: int, frame_pixels: int) -> None:
+def _nothing(frames: int, rows: int, cols: int) -> None:
     return None
 
 

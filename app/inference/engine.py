@@ -21,12 +21,13 @@ import onnxruntime as ort
 
 from app.deadline import Deadline, no_deadline
 from app.errors import InferenceFailed
-from app.inference.normalisation import from_unit_range, to_unit_range, window_for
 from app.inference.batcher import BatchObserver, MicroBatcher, Ticket
 from app.inference.lanes import Lanes
 from app.inference.noise_map import NoiseEstimate, noise_map
-from app.inference.registry import LoadedModel
-from app.inference.tiling import TilePlan, run_tiled
+from app.inference.normalisation import from_unit_range, to_unit_range, window_for
+from app.inference.plan import most_tiles_per_call, tile_plan
+from app.inference.registry import GPU_EXECUTION_PROVIDERS, LoadedModel
+from app.inference.tiling import run_tiled
 from app.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -64,6 +65,12 @@ class _Submitter:
         return outputs
 
 
+def runs_on_gpu(model: LoadedModel) -> bool:
+    """Whether the model's calls run where each new input shape costs an engine build or an
+    algorithm search: a GPU provider, or the inference backend (Triton's engines)."""
+    return model.remote is not None or model.execution_provider in GPU_EXECUTION_PROVIDERS
+
+
 class Denoiser:
     def __init__(
         self,
@@ -74,14 +81,8 @@ class Denoiser:
     ) -> None:
         card = model.card
         self.model = model
-        self.plan = TilePlan.for_model(
-            tile_size=settings.tile_size,
-            receptive_field=card.receptive_field,
-            blend=settings.tile_overlap,
-            multiple=card.spatial_multiple,
-            batch=settings.tile_batch,
-            max_call_pixels=settings.call_pixels,
-        )
+        self.settings = settings
+        self.plan = tile_plan(card, settings, on_gpu=runs_on_gpu(model))
         self.batcher = MicroBatcher(
             card.id,
             self.run_model,
@@ -96,6 +97,23 @@ class Denoiser:
             narrow_max_tile_pixels=settings.cpu_lane_max_tile_pixels,
             observer=observer,
         )
+
+    def warm_up(self) -> list[tuple[int, ...]]:
+        """Run every bucket shape once, alone and in the largest batch a call may hold, so a
+        GPU provider builds its engines and picks its algorithms before the service is ready,
+        not during a live request. Returns the input shapes run; none with exact sizes (every
+        image has its own shape) or for a remote model (its backend warms itself up)."""
+        if self.model.remote is not None:
+            return []
+        channels = self.model.card.input.channels
+        shapes: list[tuple[int, ...]] = []
+        for rows, cols in self.plan.bucket_shapes():
+            most = most_tiles_per_call(self.plan, self.settings, rows, cols)
+            for count in sorted({1, most}):
+                shape = (count, channels, rows, cols)
+                self.run_model(np.zeros(shape, np.float32))
+                shapes.append(shape)
+        return shapes
 
     def run_model(self, batch: np.ndarray) -> np.ndarray:
         """One ONNX Runtime call on a float32 batch (N, C, h, w), bypassing the batcher.
@@ -186,14 +204,14 @@ class Denoiser:
         self, tensor: np.ndarray, ticket: Ticket | None = None, deadline: Deadline | None = None
     ) -> tuple[np.ndarray, float]:
         """The model on a float32 (N, C, H, W) tensor already in its units (the Open Inference
-        Protocol's input), in calls no larger than the tile plan allows: images up to a tile
-        go several to a call, larger ones in blended tiles. Returns the (N, 1, H, W) output and the
-        seconds spent queued. ``deadline`` is checked before every call."""
+        Protocol's input), in calls no larger than the tile plan allows: images the model takes
+        whole (up to a tile; with buckets, of a bucket's shape) go several to a call, others in
+        blended tiles. Returns the (N, 1, H, W) output and the seconds spent queued. ``deadline`` is checked before every call."""
         count, _, rows, cols = tensor.shape
         output = np.empty((count, 1, rows, cols), dtype=np.float32)
         run_batch = _Submitter(self.batcher, ticket, deadline or no_deadline())
 
-        if rows <= self.plan.tile and cols <= self.plan.tile:
+        if self.plan.takes_whole(rows, cols):
             per_call = self.plan.tiles_per_call(rows, cols)
             for first in range(0, count, per_call):
                 output[first : first + per_call] = run_batch(tensor[first : first + per_call])

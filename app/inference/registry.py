@@ -25,8 +25,15 @@ from pydantic import ValidationError
 from app.allocator import return_freed_memory
 from app.errors import ModelNotFound, ModelUnavailable
 from app.inference.card import CARD_FILENAME, ModelCard, read_card
+from app.inference.plan import tensorrt_profile, tile_plan
 from app.inference.remote import RemoteBackend, TensorNames, check_metadata
-from app.inference.working_memory import ASSUMED, REMOTE, CallMemory, measure, probe_side
+from app.inference.working_memory import (
+    ASSUMED,
+    REMOTE,
+    CallMemory,
+    measure,
+    probe_side,
+)
 from app.modality import Modality
 from app.settings import PROVIDER_ORDER, ProviderName, Settings
 
@@ -38,15 +45,19 @@ ORT_PROVIDERS: dict[ProviderName, str] = {
     "cpu": "CPUExecutionProvider",
 }
 _GPU_PROVIDERS = {"tensorrt", "cuda"}
+GPU_EXECUTION_PROVIDERS = frozenset(ORT_PROVIDERS[name] for name in ("tensorrt", "cuda"))
 
 
-def provider_options(providers: tuple[str, ...], settings: Settings) -> list[dict[str, str]]:
+def provider_options(
+    providers: tuple[str, ...], settings: Settings, trt_profile: dict[str, str] | None = None
+) -> list[dict[str, str]]:
     """Each requested provider's options, in the same order (ONNX Runtime takes them as a list
-    beside the names). Pure: the GPU configuration is tested on any machine."""
+    beside the names). ``trt_profile``: TensorRT's explicit min / opt / max input shapes
+    (``app/inference/plan.tensorrt_profile``). Pure: the GPU configuration is tested on any machine."""
     options: list[dict[str, str]] = []
     for provider in providers:
         if provider == ORT_PROVIDERS["tensorrt"]:
-            trt = {"trt_fp16_enable": str(settings.trt_fp16).lower()}
+            trt = {"trt_fp16_enable": str(settings.trt_fp16).lower()} | (trt_profile or {})
             if settings.trt_cache_dir is not None:
                 cache = str(settings.trt_cache_dir)
                 trt |= {"trt_engine_cache_enable": "true", "trt_engine_cache_path": cache,
@@ -258,9 +269,11 @@ def _build(
     digest = sha256_hex(data)
     if digest != card.sha256.lower():
         raise _Refused(f"checksum mismatch: {card.file} has sha256 {digest}, the card says {card.sha256}")
+    # Shaped for the GPU (tile buckets) where TensorRT is asked for; read back below if it was not got.
+    profile = tensorrt_profile(card, tile_plan(card, settings, on_gpu=True), settings)
     try:
         session = ort.InferenceSession(data, sess_options=options, providers=list(providers),
-                                       provider_options=provider_options(providers, settings))
+                                       provider_options=provider_options(providers, settings, profile))
     except Exception as error:  # ORT raises its own types; the model is refused, not the service
         raise _Refused(f"ONNX Runtime could not load it ({type(error).__name__})") from error
     _check_session(card, session)

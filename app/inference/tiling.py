@@ -17,14 +17,25 @@ The plan, for one axis of length ``n`` (reflect-padded to a multiple of the grid
 * the output is the weighted sum divided by the sum of weights, so tiles that overlap more than
   the minimum (the last one is shifted back to end at the border) still average correctly.
 
+Buckets (``TilePlan.buckets``, for GPU engines): instead of shapes cut to each image, every tile
+is one of a few fixed sides. An axis no longer than the largest bucket is padded to the smallest
+bucket that holds it and runs as one tile; a longer one is tiled in the bucket that computes the
+fewest pixels. Two buckets give at most four input shapes for every image size, so TensorRT
+builds its engines and cuDNN picks its algorithms once, at warm-up, and requests of different
+sizes share batches. The price: an image padded to its bucket shows the model its mirror image
+(``TilePlan.mirror``) past its far borders, where exact sizes show it the model's own zero
+padding, so the outputs differ within a receptive field of those two borders (by +0.001 to
++0.022 dB on the unseen-source images, docs/BENCHMARKS.md), and a CPU computes the padding too.
+So buckets are for engines that pay per shape, not the default on a CPU.
+
 Memory stays bounded: at most ``batch`` tiles, and no more than ``max_call_pixels`` pixels, are
-in flight, plus two float32 accumulators of the image's size.
+in flight, plus two float32 accumulators of the (padded) image's size.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,10 +57,26 @@ class TilePlan:
     # them (the U-Nets: about 820 bytes a pixel on the CPU, docs/BENCHMARKS.md), so this bounds it; a
     # single tile larger than this still runs, alone.
     max_call_pixels: int | None = None
+    # Tile sides allowed, ascending, each a multiple of the grid, the largest ``tile``; () = tiles
+    # cut to each image (exact sizes).
+    buckets: tuple[int, ...] = ()
 
     @property
     def grid(self) -> int:
         return math.lcm(self.multiple, TILE_GRID)
+
+    @property
+    def mirror(self) -> str:
+        """How the image is padded: exact sizes pad at most a grid step, by reflection, as the
+        service always has. Buckets pad up to half a tile: the edge pixel repeated scored best
+        there on the unseen-source images (symmetric +0.001 to +0.022 dB against exact sizes,
+        reflect -0.009 to -0.035, edge -0.007 to -0.035, zero -0.014 to -0.72: bench.tile_buckets)."""
+        return "symmetric" if self.buckets else "reflect"
+
+    @property
+    def smallest_tile(self) -> int:
+        """The shortest tile that still leaves a stride past both margins and the ramp."""
+        return max(2 * self.overlap, self.overlap + self.grid)
 
     @classmethod
     def for_model(
@@ -60,14 +87,21 @@ class TilePlan:
         multiple: int,
         batch: int,
         max_call_pixels: int | None = None,
+        smaller_buckets: Sequence[int] | None = None,
     ) -> TilePlan:
-        """A plan honouring the model's needs; the tile grows if the margins would not fit."""
+        """A plan honouring the model's needs; the tile grows if the margins would not fit.
+
+        ``smaller_buckets`` (may be empty) turns buckets on: those sides, rounded up to the
+        model's grid, and the tile itself. None: exact sizes."""
         margin = math.ceil(receptive_field / 2)
         overlap = 2 * margin + blend
         grid = math.lcm(multiple, TILE_GRID)
         # A stride (tile - overlap) of at least half a tile and at least one grid step.
-        tile = max(tile_size, 2 * overlap, overlap + grid)
-        return cls(round_up(tile, grid), margin, blend, multiple, batch, max_call_pixels)
+        tile = round_up(max(tile_size, 2 * overlap, overlap + grid), grid)
+        buckets: tuple[int, ...] = ()
+        if smaller_buckets is not None:
+            buckets = tuple(sorted({round_up(side, grid) for side in smaller_buckets if 0 < side < tile} | {tile}))
+        return cls(tile, margin, blend, multiple, batch, max_call_pixels, buckets)
 
     def tiles_per_call(self, rows: int, cols: int) -> int:
         """How many tiles of ``rows x cols`` go to the model together: ``batch``, fewer where
@@ -88,6 +122,40 @@ class TilePlan:
         # Rounded down to the grid so every tile start stays on the pooling grid.
         return max(self.grid, (tile - self.overlap) // self.grid * self.grid)
 
+    def axis_layout(self, length: int) -> tuple[int, int]:
+        """(padded length, tile length) for an axis of ``length`` pixels of an image that is
+        tiled (exact sizes: wider than ``tile`` on some axis)."""
+        if not self.buckets:
+            padded = round_up(length, self.grid)
+            return padded, self.axis_tile(padded)
+        fitting = [side for side in self.buckets if side >= length]
+        if fitting:
+            return fitting[0], fitting[0]
+        padded = round_up(length, self.grid)
+        usable = [side for side in self.buckets if side >= self.smallest_tile] or [self.tile]
+
+        def computed(side: int) -> tuple[int, int]:  # pixels computed, then the larger side first
+            return len(tile_starts(padded, side, self.stride_for(side))) * side, -side
+
+        return padded, min(usable, key=computed)
+
+    def takes_whole(self, rows: int, cols: int) -> bool:
+        """Whether a model-ready input of ``rows`` x ``cols`` goes to the model as it is: up to a
+        tile with exact sizes, a bucket shape with buckets."""
+        if self.buckets:
+            return rows in self.buckets and cols in self.buckets
+        return rows <= self.tile and cols <= self.tile
+
+    def padded_pixels(self, rows: int, cols: int) -> int:
+        """Pixels of the padded image ``run_tiled`` works on for a ``rows`` x ``cols`` image."""
+        if not self.buckets and rows <= self.tile and cols <= self.tile:
+            return round_up(rows, self.multiple) * round_up(cols, self.multiple)
+        return self.axis_layout(rows)[0] * self.axis_layout(cols)[0]
+
+    def bucket_shapes(self) -> list[tuple[int, int]]:
+        """Every (rows, cols) a tile may have with buckets on: what warm-up runs."""
+        return [(rows, cols) for rows in self.buckets for cols in self.buckets]
+
     def axis_tile(self, total: int) -> int:
         """The tile length for an axis of ``total`` pixels (padded to the grid).
 
@@ -98,8 +166,7 @@ class TilePlan:
         if total <= self.tile:
             return total
         count = len(tile_starts(total, self.tile, self.stride))
-        smallest = max(2 * self.overlap, self.overlap + self.grid)
-        even = max(math.ceil((total + (count - 1) * self.overlap) / count), smallest)
+        even = max(math.ceil((total + (count - 1) * self.overlap) / count), self.smallest_tile)
         for length in range(round_up(even, self.grid), self.tile, self.grid):
             if len(tile_starts(total, length, self.stride_for(length))) <= count:
                 return length
@@ -136,11 +203,19 @@ def axis_weights(length: int, start: int, total: int, margin: int, blend: int) -
 def _pad_to_multiple(image: np.ndarray, multiple: int) -> np.ndarray:
     """Pad the last two axes of (C, H, W) to multiples of ``multiple``."""
     rows, cols = image.shape[-2:]
-    pad_rows, pad_cols = round_up(rows, multiple) - rows, round_up(cols, multiple) - cols
+    return _pad_to(image, round_up(rows, multiple), round_up(cols, multiple))
+
+
+def _pad_to(image: np.ndarray, total_rows: int, total_cols: int, mirror: str = "reflect") -> np.ndarray:
+    """Pad the last two axes of (C, H, W) at their far ends to ``total_rows`` x ``total_cols``
+    with their mirror image: ``reflect`` (about the edge pixel) or ``symmetric`` (edge pixel
+    repeated)."""
+    rows, cols = image.shape[-2:]
+    pad_rows, pad_cols = total_rows - rows, total_cols - cols
     if pad_rows == 0 and pad_cols == 0:
         return image
-    # Reflection continues the anatomy's texture; zero or constant padding would add an edge.
-    mode = "reflect" if min(rows, cols) > 1 else "edge"
+    # A mirror continues the anatomy's texture; zero or constant padding would add an edge.
+    mode = mirror if min(rows, cols) > 1 else "edge"
     return np.pad(image, ((0, 0), (0, pad_rows), (0, pad_cols)), mode=mode)
 
 
@@ -159,13 +234,11 @@ def run_tiled(image: np.ndarray, run_batch: BatchFunction, plan: TilePlan) -> np
     if image.ndim == 2:
         image = image[np.newaxis]
     rows, cols = image.shape[1:]
-    if rows <= plan.tile and cols <= plan.tile:  # one piece: only the model's own multiple
+    if not plan.buckets and rows <= plan.tile and cols <= plan.tile:  # one piece, the model's multiple
         whole = _pad_to_multiple(image, plan.multiple)
         return run_batch(np.ascontiguousarray(whole)[np.newaxis])[0, 0, :rows, :cols]
-    padded = np.ascontiguousarray(_pad_to_multiple(image, plan.grid))
-    total_rows, total_cols = padded.shape[1:]
-
-    tile_rows, tile_cols = plan.axis_tile(total_rows), plan.axis_tile(total_cols)
+    (total_rows, tile_rows), (total_cols, tile_cols) = plan.axis_layout(rows), plan.axis_layout(cols)
+    padded = np.ascontiguousarray(_pad_to(image, total_rows, total_cols, plan.mirror))
     row_starts = tile_starts(total_rows, tile_rows, plan.stride_for(tile_rows))
     col_starts = tile_starts(total_cols, tile_cols, plan.stride_for(tile_cols))
     row_weights = {s: axis_weights(tile_rows, s, total_rows, plan.margin, plan.blend) for s in row_starts}

@@ -91,17 +91,19 @@ def preferred_batch_sizes(max_batch_size: int) -> list[int]:
     return [*sizes, max_batch_size]
 
 
-def warmup_tile(card: ModelCard, tile_size: int) -> int:
-    """The side of a full tile the service sends this model: the tile plan grows the tile where
-    the model's margins would not fit and rounds it to the model's pooling grid."""
+def warmup_shapes(card: ModelCard, tile_size: int) -> list[tuple[int, int]]:
+    """The tile shapes a front end sends this model: with an inference backend, DENOISE_TILE_BUCKETS
+    'auto' pads every tile to half the tile size or the tile size, on the model's pooling grid
+    (the plan grows the tile where the model's margins would not fit)."""
     plan = TilePlan.for_model(
         tile_size=tile_size,
         receptive_field=card.receptive_field,
         blend=SERVICE_TILE_OVERLAP,
         multiple=card.spatial_multiple,
         batch=1,
+        smaller_buckets=(tile_size // 2,),
     )
-    return plan.tile
+    return plan.bucket_shapes()
 
 
 def _dynamic_batching(options: TritonOptions) -> list[str]:
@@ -132,17 +134,19 @@ def _tensorrt(options: TritonOptions) -> list[str]:
 
 
 def _model_warmup(card: ModelCard, options: TritonOptions) -> list[str]:
-    """One zero-filled sample per preferred batch size at the service's tile shape: Triton runs
-    them at load, so the engine builds (TensorRT) and first allocations happen before the model
-    is ready, not in the first live request. Dims exclude the batch, as max_batch_size > 0 wants."""
-    side = warmup_tile(card, options.warmup_size)
-    dims = f"[ {card.input.channels}, {side}, {side} ]"
-    tensor = f"{{ data_type: TYPE_FP32 dims: {dims} zero_data: true }}"
-    samples = [
-        f'  {{ name: "batch-{size}-{side}x{side}" batch_size: {size} '
-        f"inputs {{ key: {_quote(card.input.name)} value: {tensor} }} }}"
-        for size in preferred_batch_sizes(options.max_batch_size)
-    ]
+    """One zero-filled sample per preferred batch size and tile shape the front ends send: Triton
+    runs them at load, so the engine builds (TensorRT) and first allocations happen before the
+    model is ready, not in the first live request. Dims exclude the batch, as max_batch_size > 0
+    wants."""
+    samples = []
+    for rows, cols in warmup_shapes(card, options.warmup_size):
+        dims = f"[ {card.input.channels}, {rows}, {cols} ]"
+        tensor = f"{{ data_type: TYPE_FP32 dims: {dims} zero_data: true }}"
+        samples += [
+            f'  {{ name: "batch-{size}-{rows}x{cols}" batch_size: {size} '
+            f"inputs {{ key: {_quote(card.input.name)} value: {tensor} }} }}"
+            for size in preferred_batch_sizes(options.max_batch_size)
+        ]
     return ["model_warmup [", ",\n".join(samples), "]"]
 
 

@@ -284,7 +284,7 @@ def decode(
     ds, layout, as_read = _checked(data, max_pixels)
     modality = modality or modality_of(ds)
     luts, units = _modality_luts(ds, layout, profile(modality).units if modality else "stored value")
-    before_decode(layout.frames, layout.rows * layout.columns)
+    before_decode(layout.frames, layout.rows, layout.columns)
     stored_values = _decode_pixels(ds, layout)
     frames = per_frame(luts, stored_values, ModalityLUT.to_units)
     photometric = str(ds.PhotometricInterpretation).upper()

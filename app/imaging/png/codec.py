@@ -124,7 +124,7 @@ def decode(
             f"{max_pixels}; crop or downsample it."
         )
     stored, units = _stored_range(modality, bit_depth, rescale_slope, rescale_intercept)
-    before_decode(1, width * height)
+    before_decode(1, height, width)
     pixels = reader.decode_grayscale(data, width, height, bit_depth)
     if pixels is None:  # not in the fast path's plain shape: OpenCV reads it, and decides errors
         pixels = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)

@@ -124,3 +124,84 @@ def test_a_noise_map_channel_is_tiled_with_the_image() -> None:
     np.testing.assert_allclose(tiled, whole_image(image, plan.grid) + sigma, atol=1e-5)
     small = run_tiled(np.stack([image[:37, :31], sigma[:37, :31]]), conditioned_box_filter, plan)
     assert small.shape == (37, 31)
+
+
+# 20 image sizes met in practice, 256 to 3000 pixels a side: CT and MR slices, CR / DX detectors,
+# mammography, and a few odd crops.
+COMMON_SIZES = [(256, 256), (320, 320), (384, 384), (400, 300), (448, 448), (512, 512), (640, 480),
+                (768, 768), (1024, 1024), (1088, 1088), (1200, 1600), (1500, 1500), (2048, 2048),
+                (2048, 2500), (2000, 2500), (2140, 1760), (2336, 2836), (2500, 3000), (2880, 2880),
+                (3000, 3000)]
+
+
+def unet_plan(buckets: tuple[int, ...] | None) -> TilePlan:
+    """The committed U-Nets' plan with the service's defaults (receptive field 68, multiple 1)."""
+    return TilePlan.for_model(512, receptive_field=68, blend=32, multiple=1, batch=4, smaller_buckets=buckets)
+
+
+def shapes_run(image_shape: tuple[int, int], plan: TilePlan) -> set[tuple[int, int]]:
+    shapes: set[tuple[int, int]] = set()
+
+    def recording(batch: np.ndarray) -> np.ndarray:
+        shapes.add(batch.shape[2:])
+        return batch[:, :1]
+
+    run_tiled(np.zeros(image_shape, np.float32), recording, plan)
+    return shapes
+
+
+def test_buckets_give_at_most_four_input_shapes_over_common_image_sizes() -> None:
+    bucketed, exact = unet_plan((256,)), unet_plan(None)
+    assert bucketed.buckets == (256, 512) and bucketed.bucket_shapes() == [(256, 256), (256, 512), (512, 256), (512, 512)]
+    seen = set().union(*(shapes_run(size, bucketed) for size in COMMON_SIZES))
+    assert seen <= set(bucketed.bucket_shapes()) and len(seen) <= 4
+    # Without buckets the same sizes give the model many more shapes: what the buckets are for.
+    assert len(set().union(*(shapes_run(size, exact) for size in COMMON_SIZES))) > 10
+
+
+@pytest.mark.parametrize("shape", [(512, 512), (256, 256), (300, 700), (1100, 530), (37, 31)])
+def test_bucketed_outputs_equal_exact_ones_away_from_the_padded_borders(shape: tuple[int, int]) -> None:
+    """Only the padding differs: the mirrored image past the far borders instead of the model's zero
+    padding. Pixels farther than the receptive field from a padded border are the same."""
+    image = np.random.default_rng(4).random(shape, dtype=np.float32)
+    plan = TilePlan.for_model(tile_size=512, receptive_field=5, blend=32, multiple=4, batch=4, smaller_buckets=(256,))
+    exact = run_tiled(image, box_filter, TilePlan.for_model(512, 5, 32, 4, batch=4))
+    bucketed = run_tiled(image, box_filter, plan)
+    assert bucketed.shape == shape
+    rows, cols = shape
+    padded_rows, padded_cols = (plan.axis_layout(n)[0] for n in shape)
+    keep_rows = rows if padded_rows == rows else rows - plan.margin
+    keep_cols = cols if padded_cols == cols else cols - plan.margin
+    np.testing.assert_allclose(bucketed[:keep_rows, :keep_cols], exact[:keep_rows, :keep_cols], atol=1e-5)
+    if (keep_rows, keep_cols) == shape:  # a size that fills its buckets: the same everywhere
+        np.testing.assert_allclose(bucketed, exact, atol=1e-5)
+        return
+    # A padded far border sees the mirrored image, as a run on a mirror-padded image does (away
+    # from the near borders, where both see the zero padding).
+    reflected = box_filter(np.pad(image, 2, mode="symmetric")[np.newaxis, np.newaxis])[0, 0, 2:-2, 2:-2]
+    inner = slice(plan.margin, -plan.margin)
+    if keep_rows < rows:
+        np.testing.assert_allclose(bucketed[-1, inner], reflected[-1, inner], atol=1e-5)
+    if keep_cols < cols:
+        np.testing.assert_allclose(bucketed[inner, -1], reflected[inner, -1], atol=1e-5)
+
+
+@pytest.mark.parametrize("length", [257, 513, 600, 1000, 1040, 3000])
+def test_a_long_axis_is_tiled_in_the_bucket_that_computes_least(length: int) -> None:
+    plan = unet_plan((256,))
+    padded, tile = plan.axis_layout(length)
+    assert tile in plan.buckets and padded >= length
+    def computed(side: int) -> int:
+        return len(tile_starts(padded, side, plan.stride_for(side))) * side
+    assert computed(tile) == min(computed(side) for side in plan.buckets if side >= plan.smallest_tile)
+    if length <= 512:
+        assert padded == tile  # one tile along the axis
+
+
+def test_padded_pixels_bound_what_the_tiling_allocates() -> None:
+    plan = unet_plan((256,))
+    assert plan.padded_pixels(20, 30) == 256 * 256
+    assert plan.padded_pixels(600, 100) == plan.axis_layout(600)[0] * 256
+    assert unet_plan(None).padded_pixels(20, 30) == 20 * 30
+    assert plan.takes_whole(256, 512) and not plan.takes_whole(300, 300)
+    assert unet_plan(None).takes_whole(300, 300) and not unet_plan(None).takes_whole(300, 600)

@@ -14,7 +14,7 @@ from google.protobuf import text_format
 
 from app.inference.card import ModelCard, read_card
 from app.settings import Settings
-from app.tools.triton_export import main, preferred_batch_sizes, warmup_tile
+from app.tools.triton_export import main, preferred_batch_sizes, warmup_shapes
 from tests.tiny_models import write_conditioned_model, write_model_set
 
 
@@ -128,16 +128,20 @@ def test_serving_options_parse_as_triton_model_config(
                 "trt_engine_cache_path": expected.get("cache", "/cache/trt"),
             }
 
-        # One zero-filled warm-up per preferred batch size, a full tile of the service's size.
+        # One zero-filled warm-up per preferred batch size and tile bucket a front end sends.
         tile = service["tile_size"].default
-        assert warmup_tile(card, tile) == tile == 512  # the tiny models need no larger tile
-        assert [w.batch_size for w in config.model_warmup] == [1, 2, 4]
+        buckets = [(256, 256), (256, 512), (512, 256), (512, 512)]
+        assert warmup_shapes(card, tile) == buckets  # the tiny models need no larger tile
+        assert [w.batch_size for w in config.model_warmup] == [1, 2, 4] * 4
+        seen = set()
         for warmup in config.model_warmup:
             (name,) = warmup.inputs
             sample = warmup.inputs[name]
             assert name == card.input.name
-            assert list(sample.dims) == [card.input.channels, tile, tile]
+            assert sample.dims[0] == card.input.channels
+            seen.add(tuple(sample.dims)[1:])
             assert sample.data_type == model_config.TYPE_FP32 and sample.zero_data
+        assert sorted(seen) == buckets
         channels.add(card.input.channels)
     assert channels == {1, 2}  # a conditioned model warms up with its noise-map channel too
 
@@ -150,7 +154,8 @@ def test_conditioned_model_warms_up_with_its_noise_map_channel(
     out = tmp_path / "triton"
     assert main(["--models-dir", str(models), "--out", str(out), "--warmup-size", "256"]) == 0
     config = parse_config(out / "mr-unet-conditioned" / "config.pbtxt", model_config)
-    assert [list(w.inputs["noisy"].dims) for w in config.model_warmup] == [[2, 256, 256]] * 3
+    assert [list(w.inputs["noisy"].dims) for w in config.model_warmup] == (
+        [[2, 128, 128]] * 3 + [[2, 128, 256]] * 3 + [[2, 256, 128]] * 3 + [[2, 256, 256]] * 3)
 
 
 def test_preferred_sizes_follow_the_largest_batch(tmp_path: Path, model_config: ModuleType) -> None:
@@ -166,18 +171,18 @@ def test_preferred_sizes_follow_the_largest_batch(tmp_path: Path, model_config: 
     assert config.max_batch_size == 6
     assert list(config.dynamic_batching.preferred_batch_size) == [1, 2, 4, 6]
     assert config.dynamic_batching.max_queue_delay_microseconds == 0
-    assert [w.batch_size for w in config.model_warmup] == [1, 2, 4, 6]
+    assert [w.batch_size for w in config.model_warmup] == [1, 2, 4, 6] * 4
 
 
-def test_the_warm_up_tile_grows_as_the_service_plan_does(tmp_path: Path) -> None:
+def test_the_warm_up_tiles_grow_as_the_service_plan_does(tmp_path: Path) -> None:
     models = write_model_set(tmp_path / "models")
     card: ModelCard = read_card(models / "ct" / "unet")
     # Margins of 200 pixels on each side do not fit a 512 tile: the service runs 864 (a multiple
-    # of the 16-pixel grid, twice the 432-pixel overlap).
+    # of the 16-pixel grid, twice the 432-pixel overlap); the small bucket stays 256.
     wide = card.model_copy(update={"receptive_field": 400})
-    assert warmup_tile(wide, 512) == 864
+    assert warmup_shapes(wide, 512)[-1] == (864, 864) and warmup_shapes(wide, 512)[0] == (256, 256)
     # A tile size off the pooling grid is rounded up to it, as the service does.
-    assert warmup_tile(card, 500) == 512
+    assert warmup_shapes(card, 500) == [(256, 256), (256, 512), (512, 256), (512, 512)]
 
 
 @pytest.mark.parametrize(
