@@ -23,7 +23,7 @@ from app.api.cors import add_cors
 from app.api.middleware import RequestContextMiddleware, UploadLimitMiddleware
 from app.api.routes import denoise, dicomweb, health, models, oip, web
 from app.api.security import ApiKeyMiddleware, api_keys_from, route_dependencies, route_responses
-from app.inference.registry import load_registry
+from app.inference.registry import ModelRegistry, load_pending, load_registry
 from app.metrics_server import MetricsServer
 from app.node import build_node
 from app.observability import Telemetry, configure_logging
@@ -32,6 +32,19 @@ from app.settings import Settings
 from app.version import SOFTWARE_VERSION
 
 logger = logging.getLogger(__name__)
+
+
+async def _serve_when_the_backend_answers(
+    registry: ModelRegistry, pipeline: DenoisePipeline, telemetry: Telemetry, settings: Settings
+) -> None:
+    """Ask the inference backend about the models it could not be asked about at start-up, every
+    probe interval, until each is served or refused: a front end started before Triton (pods of
+    one rollout start in any order) becomes ready without a restart."""
+    while registry.pending:
+        await anyio.sleep(settings.inference_probe_interval_s)
+        loaded = await anyio.to_thread.run_sync(load_pending, registry, settings)
+        pipeline.add_models(loaded)
+        telemetry.describe_registry(registry)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -67,6 +80,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await app.state.node.start(group)
                 stack.callback(app.state.node.stop)
                 telemetry.watch_spool(app.state.node.spool.count)
+            if registry.pending:  # the backend did not answer in time: its models join when it does
+                waiting = await stack.enter_async_context(anyio.create_task_group())
+                stack.callback(waiting.cancel_scope.cancel)
+                waiting.start_soon(_serve_when_the_backend_answers, registry, app.state.pipeline, telemetry, settings)
             logger.info("serving %d model(s), %d not served", len(registry.models), len(registry.unserved))
             if not registry.models:
                 logger.warning("!!! no model is served; /readyz and /v1/models say why !!!")

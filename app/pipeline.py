@@ -121,6 +121,7 @@ class DenoisePipeline:
         execution = Lanes(count)
         if lanes:
             logger.info("CPU lanes: up to %d one-thread model calls at once under load", count)
+        self._execution = execution
         self.denoisers = {i: Denoiser(m, self.settings, execution, self.batch_observer) for i, m in models.items()}
         # Threads blocked on a batch hold no CPU; their own limiter keeps them from starving
         # decoding and encoding of anyio's default thread pool. The batch queue bounds them.
@@ -181,6 +182,12 @@ class DenoisePipeline:
                     self._give_back(model_id)
 
         return await anyio.to_thread.run_sync(run, limiter=self.waiting)
+
+    def add_models(self, models: list[LoadedModel]) -> None:
+        """Serve models the registry loaded after start-up (remote models whose backend answered
+        late: ``registry.load_pending``). They take no local memory, so the budget stands."""
+        for model in models:
+            self.denoisers[model.card.id] = Denoiser(model, self.settings, self._execution, self.batch_observer)
 
     def warm_up(self) -> None:
         """Run each model's tile shapes once (``Denoiser.warm_up``), so a GPU provider's engine

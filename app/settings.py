@@ -318,7 +318,7 @@ class Settings(BaseSettings):
     inference_start_wait_s: float = Field(
         default=60.0, ge=0, le=3600,
         description="at start-up, how long to wait for the backend to answer before its models are "
-        "listed as not served",
+        "listed as not served; they are asked about again every probe interval and served once it answers",
     )
 
     # The DICOM node (app/node): off unless a destination is configured.

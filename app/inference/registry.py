@@ -106,6 +106,8 @@ class ModelRegistry:
     missing_provider: list[str] = field(default_factory=list)
     # DENOISE_INFERENCE_URL's backend, which every served model's calls go to; None: local sessions.
     remote: RemoteBackend | None = None
+    # Card folders of remote models whose backend did not answer at start-up (``load_pending``).
+    pending: list[Path] = field(default_factory=list)
 
     def modalities(self) -> list[str]:
         return sorted({m.card.modality for m in self.models.values()})
@@ -212,6 +214,10 @@ class _Refused(Exception):
         self.model_id = model_id
 
 
+class _Unreachable(_Refused):
+    """A remote model whose backend could not be asked about it: served once it can."""
+
+
 def _check_card(card: ModelCard, card_dir: Path, models_dir: Path) -> None:
     folder = (card_dir.relative_to(models_dir).parts or ("the models folder itself",))[0]
     if folder != card.modality:
@@ -250,8 +256,8 @@ def _load_one(
         if remote is not None:
             return _build_remote(card, card_dir, settings, remote)
         return _build(card, card_dir, settings, providers, options)
-    except _Refused as refused:
-        raise _Refused(str(refused), card.id) from refused.__cause__
+    except _Refused as refused:  # the same kind of refusal, now naming the model
+        raise type(refused)(str(refused), card.id) from refused.__cause__
 
 
 def _build(
@@ -302,7 +308,7 @@ def _build_remote(card: ModelCard, card_dir: Path, settings: Settings, remote: R
     try:
         metadata = remote.metadata(card.id)
     except RuntimeError as error:
-        raise _Refused(str(error)) from error
+        raise _Unreachable(f"{error}; tried again every {remote.probe_interval_s:g} s") from error
     if metadata is None:
         raise _Refused(f"the inference backend {remote.url} does not serve a model '{card.id}'")
     problem = check_metadata(metadata, card.input.name, card.input.channels, card.output.name)
@@ -417,6 +423,8 @@ def load_registry(settings: Settings) -> ModelRegistry:
             continue
         except _Refused as refused:
             registry.unserved.append(UnservedModel(relative, str(refused), refused.model_id))
+            if isinstance(refused, _Unreachable):
+                registry.pending.append(card_dir)
             continue
         if model.card.id in registry.models:
             registry.unserved.append(UnservedModel(relative, "duplicate model id", model.card.id))
@@ -441,6 +449,35 @@ def load_registry(settings: Settings) -> ModelRegistry:
         logger.warning("model %s not served: %s", item.path, item.reason)
     _warn_defaults(registry)
     return registry
+
+
+def load_pending(registry: ModelRegistry, settings: Settings) -> list[LoadedModel]:
+    """Ask the backend again about the models it could not be asked about at start-up (it may
+    start after this service, as pods of one Deployment do). Each one it now answers for is
+    served or refused for good, with its reason; returns those now served."""
+    assert registry.remote is not None, "only remote models wait for their backend"
+    loaded: list[LoadedModel] = []
+    for card_dir in list(registry.pending):
+        relative = str(card_dir.relative_to(registry.models_dir))
+        try:
+            model = _load_one(card_dir, settings, registry.requested_providers, session_options(settings), registry.remote)
+        except _Unreachable:
+            continue
+        except (_Refused, ValidationError, OSError, ValueError) as error:
+            reason, model = str(error), None
+        else:
+            reason = "duplicate model id" if model.card.id in registry.models else None
+        registry.pending.remove(card_dir)
+        registry.unserved = [u for u in registry.unserved if u.path != relative]
+        if reason is not None or model is None:
+            logger.warning("model %s not served: %s", relative, reason)
+            registry.unserved.append(UnservedModel(relative, reason or "not served"))
+            continue
+        registry.models[model.card.id] = model
+        loaded.append(model)
+        logger.info("model %s (%s/%s) runs on the inference backend %s, which answers now",
+                    model.card.id, model.card.modality, model.card.architecture, registry.remote.url)
+    return loaded
 
 
 def _call_memory(

@@ -213,3 +213,37 @@ def test_every_committed_model_answers_remotely_as_locally(model_id: str, commit
     assert remote_answer.headers.get("x-execution-provider") == "remote", remote_answer.text
     np.testing.assert_allclose(pixels(remote_answer), pixels(local.post("/v1/denoise", files=files, data=form)),
                                atol=1e-5)
+
+
+def test_a_front_end_started_before_its_backend_serves_once_it_answers(
+    models_dir: Path, tmp_path: Path
+) -> None:
+    """Pods of one rollout start in any order: a front end whose backend is not up yet lists its
+    models as waiting, is not ready, and serves them when the backend comes, without a restart."""
+    late = Backend(models_dir, tmp_path)
+    with (
+        uvicorn_server(
+            models_dir, tmp_path / "front.log", inference_url=late.url, inference_probe_interval_s="0.5",
+            inference_start_wait_s="0", **SETTINGS,
+        ) as base_url,
+        httpx.Client(base_url=base_url, timeout=60) as front,
+    ):
+        try:
+            ready = front.get("/readyz")
+            assert ready.status_code == 503
+            waiting = {u["path"]: u["reason"] for u in ready.json()["unserved"]}
+            assert len(waiting) == 4 and all(late.url in reason and "tried again" in reason for reason in waiting.values())
+            files, fields = REQUESTS["ct-png"]
+            assert front.post("/v1/denoise", files=files, data=fields).status_code == 503
+
+            late.start()
+            waited = wait_for(lambda: front.get("/readyz").status_code == 200, RECOVERY_S)
+            assert front.get("/readyz").json()["unserved"] == []
+            answer = front.post("/v1/denoise", files=files, data=fields)
+            assert answer.status_code == 200 and answer.headers["x-execution-provider"] == "remote"
+            assert {m["id"] for m in front.get("/v1/models").json()["models"]} == {
+                "ct-unet", "ct-autoencoder", "mr-unet", "xray-unet"}
+            assert metric_total(metrics_of(front), "denoise_models_loaded") == 4
+            print(f"served {waited:.1f} s after the backend answered /healthz")
+        finally:
+            late.close()
