@@ -588,16 +588,16 @@ def test_the_triton_profile_sends_the_front_ends_model_calls_to_triton() -> None
     assert "--model-repository=/models" in container["args"]
 
 
-def test_the_kserve_transformer_ignores_the_arguments_kserve_appends() -> None:
+def test_the_kserve_transformer_listens_on_kserves_port() -> None:
     """KServe appends --model_name, --predictor_host and --http_port to a transformer's args;
-    app.server would refuse them, so the command is a shell script that leaves them unread, and
-    the service listens on KServe's port."""
+    app.server would refuse them, so the command is a shell script that reads them itself (next
+    test), and the service listens on KServe's port."""
     (isvc,) = find(render("kserve"), "InferenceService")
     (container,) = isvc["spec"]["transformer"]["containers"]
     assert container["name"] == "kserve-container"
     assert "args" not in container
     shell, flag, script, _name = container["command"]
-    assert (shell, flag) == ("/bin/sh", "-c") and script.startswith("exec python -m app.server ")
+    assert (shell, flag) == ("/bin/sh", "-c") and "exec python -m app.server " in script
     port = int(re.search(r"--port (\d+)", script).group(1))
     assert port == 8080 == container["ports"][0]["containerPort"]
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
@@ -605,6 +605,35 @@ def test_the_kserve_transformer_ignores_the_arguments_kserve_appends() -> None:
     predictor = isvc["spec"]["predictor"]["model"]
     assert predictor["modelFormat"]["name"] == "triton" and predictor["protocolVersion"] == "v2"
     assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "RawDeployment"
+
+
+@pytest.mark.parametrize(
+    ("appended", "preset", "expected"),
+    [
+        (["--model_name", "denoise", "--predictor_host", "denoise-predictor.radiology", "--http_port", "8080"],
+         None, "http://denoise-predictor.radiology"),
+        (["--predictor_host=denoise-predictor.radiology:80"], None, "http://denoise-predictor.radiology:80"),
+        (["--predictor_host", "denoise-predictor.radiology"], "http://triton.elsewhere:8000", "http://triton.elsewhere:8000"),
+        (["--model_name", "denoise"], None, ""),
+    ],
+)
+def test_the_kserve_transformer_sends_its_model_calls_to_the_predictor(
+    appended: list[str], preset: str | None, expected: str, tmp_path: Path
+) -> None:
+    """The transformer's command, run by a real shell with the arguments KServe appends: the
+    predictor's host becomes DENOISE_INFERENCE_URL (one set in the ConfigMap wins), and the
+    service is started with its own arguments only."""
+    (isvc,) = find(render("kserve"), "InferenceService")
+    (container,) = isvc["spec"]["transformer"]["containers"]
+    shell, flag, script, name = container["command"]
+    fake = tmp_path / "python"  # stands in for the interpreter: prints what it was given
+    fake.write_text('#!/bin/sh\nprintf "%s|%s" "${DENOISE_INFERENCE_URL:-}" "$*"\n')
+    fake.chmod(0o755)
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin"} | ({"DENOISE_INFERENCE_URL": preset} if preset else {})
+    result = subprocess.run([shell, flag, script, name, *appended], env=env, capture_output=True, text=True, check=True)
+    url, args = result.stdout.split("|")
+    assert url == expected
+    assert args == "-m app.server --host 0.0.0.0 --port 8080 --timeout-graceful-shutdown 25"
 
 
 def test_the_custom_resource_schemas_name_only_real_fields() -> None:
