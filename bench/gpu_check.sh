@@ -6,7 +6,9 @@
 #    got and its output's largest difference from the CPU's (bench.gpu_parity);
 # 3. measures the service on CUDA, then on TensorRT (DENOISE_REQUIRE_PROVIDER: a model that did not
 #    get it is not served), at 512 x 512 for 1, 4 and 16 clients against bare ONNX Runtime on the
-#    same provider (bench.run, the table docs/BENCHMARKS.md uses).
+#    same provider (bench.run, the table docs/BENCHMARKS.md uses);
+# 4. on CUDA, exact tile sizes against tile buckets, a mix of image sizes at 4 clients
+#    (bench.tile_buckets: on the CPU buckets cost 30%; on a GPU they should pay).
 # Exits non-zero when a provider was not obtained; every step's output is kept either way.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -23,5 +25,6 @@ for provider in cuda tensorrt; do
         --set "providers=$provider,cpu" --set "require_provider=$provider" --baseline-provider "$provider" \
         --max-seconds 90 --json "$out/bench-$provider.json" 2>&1 | tee "$out/bench-$provider.txt" || status=1
 done
+$python -m bench.tile_buckets --providers cuda,cpu --rounds 3 --no-quality 2>&1 | tee "$out/tile-buckets-cuda.txt" || status=1
 echo "results in $out/ (exit $status)"
 exit $status

@@ -46,8 +46,8 @@ MODES = {"exact": "off", "buckets": "256"}
 ODD_CROP = (219, 237)
 
 
-def settings_for(mode: str, models: Path) -> Settings:
-    return Settings(models_dir=models, tile_buckets=MODES[mode])
+def settings_for(mode: str, models: Path, providers: str = "auto") -> Settings:
+    return Settings(models_dir=models, tile_buckets=MODES[mode], providers=providers)
 
 
 def shapes_and_work(plan: TilePlan) -> tuple[int, float]:
@@ -121,11 +121,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--models", type=Path, default=REPO / "models")
     parser.add_argument("--prepared", type=Path, default=Path.home() / ".cache" / "medical-denoise" / "prepared")
     parser.add_argument("--no-quality", action="store_true")
+    parser.add_argument("--providers", default="auto",
+                        help="as DENOISE_PROVIDERS, e.g. cuda,cpu on a GPU (bench/gpu_check.sh)")
     args = parser.parse_args(argv)
 
-    pipelines = {mode: DenoisePipeline(load_registry(settings_for(mode, args.models)), settings_for(mode, args.models))
-                 for mode in MODES}
+    settings = {mode: settings_for(mode, args.models, args.providers) for mode in MODES}
+    pipelines = {mode: DenoisePipeline(load_registry(settings[mode]), settings[mode]) for mode in MODES}
     denoisers = {mode: pipeline.denoisers[args.model] for mode, pipeline in pipelines.items()}
+    print(f"{args.model} runs on {denoisers['exact'].model.execution_provider}", flush=True)
     for mode, denoiser in denoisers.items():
         count, work = shapes_and_work(denoiser.plan)
         print(f"{mode}: {count} input shapes over {len(COMMON_SIZES)} common sizes, "
