@@ -300,6 +300,17 @@ class Settings(BaseSettings):
         "models, e.g. http://triton:8000: the model calls go there as normalised tiles, everything "
         "else (decoding, normalisation, tiling, encoding) stays here; none: the models run here",
     )
+    inference_api_key: SecretStr | None = Field(
+        default=None,
+        description="the key sent to the inference backend as 'Authorization: Bearer <key>' (a backend "
+        "that checks keys: another instance of this service with DENOISE_API_KEYS, or Triton behind an "
+        "authenticating proxy); never logged",
+    )
+    inference_api_key_file: Path | None = Field(
+        default=None,
+        description="a file (a mounted Secret) whose first line that is not a # comment is "
+        "DENOISE_INFERENCE_API_KEY",
+    )
     inference_timeout_s: float = Field(
         default=30.0, gt=0, le=3600, description="longest wait for one remote model call (per try)"
     )
@@ -432,6 +443,24 @@ class Settings(BaseSettings):
                     "(no path, no trailing slash)"
                 )
         return origins
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_inference_api_key_file(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not data.get("inference_api_key_file"):
+            return data
+        if data.get("inference_api_key"):
+            raise ValueError("set DENOISE_INFERENCE_API_KEY or DENOISE_INFERENCE_API_KEY_FILE, not both")
+        path = Path(data["inference_api_key_file"])
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as error:
+            reason = getattr(error, "strerror", None) or type(error).__name__
+            raise ValueError(f"inference_api_key_file {path} cannot be read ({reason})") from None
+        keys = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+        if not keys:
+            raise ValueError(f"inference_api_key_file {path} holds no key")
+        return {**data, "inference_api_key": keys[0]}
 
     @model_validator(mode="before")
     @classmethod

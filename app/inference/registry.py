@@ -26,7 +26,7 @@ from app.allocator import return_freed_memory
 from app.errors import ModelNotFound, ModelUnavailable
 from app.inference.card import CARD_FILENAME, ModelCard, read_card
 from app.inference.plan import tensorrt_profile, tile_plan
-from app.inference.remote import RemoteBackend, TensorNames, check_metadata
+from app.inference.remote import BackendRefusedKey, RemoteBackend, TensorNames, check_metadata
 from app.inference.working_memory import (
     ASSUMED,
     REMOTE,
@@ -307,6 +307,8 @@ def _build_remote(card: ModelCard, card_dir: Path, settings: Settings, remote: R
     _check_card(card, card_dir, settings.models_dir)
     try:
         metadata = remote.metadata(card.id)
+    except BackendRefusedKey as error:
+        raise _Refused(str(error)) from error
     except RuntimeError as error:
         raise _Unreachable(f"{error}; tried again every {remote.probe_interval_s:g} s") from error
     if metadata is None:
@@ -343,6 +345,7 @@ def remote_backend(settings: Settings) -> RemoteBackend | None:
         retries=settings.inference_retries,
         failures_to_open=settings.inference_failures_to_open,
         probe_interval_s=settings.inference_probe_interval_s,
+        api_key=settings.inference_api_key.get_secret_value() if settings.inference_api_key else None,
     )
 
 

@@ -71,6 +71,7 @@ class RemoteBackend:
         retries: int = 2,
         failures_to_open: int = 3,
         probe_interval_s: float = 2.0,
+        api_key: str | None = None,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.url = url.rstrip("/")
@@ -78,7 +79,8 @@ class RemoteBackend:
         self.failures_to_open = failures_to_open
         self.probe_interval_s = probe_interval_s
         self.observer: RemoteObserver | None = None
-        self._client = httpx.Client(base_url=self.url, timeout=timeout_s, transport=transport)
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
+        self._client = httpx.Client(base_url=self.url, timeout=timeout_s, transport=transport, headers=headers)
         self._names: dict[str, TensorNames] = {}
         self._lock = threading.Lock()
         self._failures = 0
@@ -108,6 +110,8 @@ class RemoteBackend:
             raise RuntimeError(f"the inference backend {self.url} did not answer ({type(error).__name__})") from error
         if response.status_code == 404:
             return None
+        if response.status_code in (401, 403):
+            raise BackendRefusedKey(f"the inference backend {self.url} {_key_refusal(response.status_code)}")
         if response.status_code != 200:
             raise RuntimeError(f"the inference backend {self.url} answered {response.status_code} for its metadata")
         try:
@@ -159,6 +163,9 @@ class RemoteBackend:
                     time.sleep(_BACKOFF_S[min(tries, len(_BACKOFF_S) - 1)])
                     tries += 1
                     continue
+                if failed.kind == "unauthorized":
+                    raise ModelUnavailable(f"Model '{model_name}' is not available: the inference backend "
+                                           f"{self.url} {failed}.") from failed
                 if not failed.retry:  # the backend answered: it is up, the call was wrong
                     self._succeeded()
                     raise InferenceFailed(
@@ -188,6 +195,8 @@ class RemoteBackend:
             raise _Failed("connect", f"could not be reached ({type(error).__name__})", retry=True) from error
         if response.status_code >= 500:
             raise _Failed("server_error", f"answered {response.status_code}", retry=True)
+        if response.status_code in (401, 403):  # every call will fail alike: the backend is unusable
+            raise _Failed("unauthorized", _key_refusal(response.status_code), retry=False)
         if response.status_code != 200:
             raise _Failed("rejected", f"answered {response.status_code}: {_error_text(response)}", retry=False)
         try:
@@ -241,6 +250,16 @@ class RemoteBackend:
     def close(self) -> None:
         self._closed.set()
         self._client.close()
+
+
+class BackendRefusedKey(RuntimeError):
+    """The backend answered 401 or 403: this service's key (DENOISE_INFERENCE_API_KEY) is missing
+    or wrong, which asking again will not change."""
+
+
+def _key_refusal(status: int) -> str:
+    return (f"answered {status}: it refused this service's API key (DENOISE_INFERENCE_API_KEY or "
+            "DENOISE_INFERENCE_API_KEY_FILE: missing or not one it accepts)")
 
 
 def _encode_request(inputs: np.ndarray, names: TensorNames) -> tuple[bytes, int]:

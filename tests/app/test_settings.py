@@ -61,3 +61,17 @@ def test_thread_defaults_follow_the_cpus_the_process_may_use(
     monkeypatch.setattr(settings_module, "_cgroup_cpu_quota", lambda: 1.5)
     assert settings_module.usable_cpus() == 2
     assert Settings(models_dir=tmp_path).intra_op_threads == 2
+
+
+def test_the_inference_api_key_comes_from_its_file_or_the_variable(tmp_path: Path) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_text("# comment\n  backend-key-0123456789  \n")
+    settings = Settings(inference_api_key_file=key_file)
+    assert settings.inference_api_key is not None
+    assert settings.inference_api_key.get_secret_value() == "backend-key-0123456789"
+    assert "backend-key" not in repr(settings)
+    with pytest.raises(ValidationError, match="not both"):
+        Settings(inference_api_key_file=key_file, inference_api_key="other-key-0123456789")
+    (tmp_path / "empty").write_text("# nothing\n")
+    with pytest.raises(ValidationError, match="holds no key"):
+        Settings(inference_api_key_file=tmp_path / "empty")

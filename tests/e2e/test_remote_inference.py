@@ -247,3 +247,34 @@ def test_a_front_end_started_before_its_backend_serves_once_it_answers(
             print(f"served {waited:.1f} s after the backend answered /healthz")
         finally:
             late.close()
+
+
+BACKEND_KEY = "backend-key-0123456789abcdef"
+
+
+def test_a_backend_that_checks_keys_is_sent_the_front_ends_key(models_dir: Path, tmp_path: Path) -> None:
+    """A backend with API keys (this service with DENOISE_API_KEYS, or Triton behind a proxy): a
+    front end with DENOISE_INFERENCE_API_KEY_FILE is served; one without a key lists its models as
+    refused, naming the setting, instead of waiting for a backend that will never let it in."""
+    key_file = tmp_path / "inference-key"
+    key_file.write_text(f"# the backend's key\n{BACKEND_KEY}\n")
+    files, fields = REQUESTS["ct-png"]
+    with uvicorn_server(models_dir, tmp_path / "backend.log", api_keys=BACKEND_KEY, **SETTINGS) as backend_url:
+        with (
+            uvicorn_server(models_dir, tmp_path / "keyed.log", inference_url=backend_url,
+                           inference_api_key_file=str(key_file), **SETTINGS) as keyed_url,
+            httpx.Client(base_url=keyed_url, timeout=60) as keyed,
+        ):
+            answer = keyed.post("/v1/denoise", files=files, data=fields)
+            assert answer.status_code == 200 and answer.headers["x-execution-provider"] == "remote"
+        with (
+            uvicorn_server(models_dir, tmp_path / "keyless.log", inference_url=backend_url,
+                           inference_start_wait_s="1", **SETTINGS) as keyless_url,
+            httpx.Client(base_url=keyless_url, timeout=60) as keyless,
+        ):
+            ready = keyless.get("/readyz")
+            assert ready.status_code == 503
+            reasons = [u["reason"] for u in ready.json()["unserved"]]
+            assert len(reasons) == 4 and all("401" in r and "DENOISE_INFERENCE_API_KEY" in r for r in reasons)
+            assert "tried again" not in reasons[0]  # refused for good, not waited for
+    assert BACKEND_KEY not in (tmp_path / "keyed.log").read_text()  # never logged

@@ -144,6 +144,19 @@ def test_a_4xx_is_not_retried_and_is_an_inference_failure() -> None:
     assert script.infers() == 1 and backend.down_reason() is None  # the backend answered: it is up
 
 
+@pytest.mark.parametrize("status", [401, 403])
+def test_a_refused_key_is_a_503_naming_the_setting_and_the_key_is_sent(status: int) -> None:
+    script = Script(answer(status))
+    backend = RemoteBackend("http://backend:8000", transport=httpx.MockTransport(script), retries=2,
+                            api_key="front-end-key-0123456789")
+    backend.serve("m", NAMES)
+    with pytest.raises(ModelUnavailable, match=f"answered {status}: it refused this service's API key") as refused:
+        backend.run("m", BATCH)
+    assert "DENOISE_INFERENCE_API_KEY" in str(refused.value) and "front-end-key" not in str(refused.value)
+    assert script.infers() == 1  # not retried: asking again will not change the answer
+    assert script.requests[0].headers["authorization"] == "Bearer front-end-key-0123456789"
+
+
 def test_the_circuit_opens_after_consecutive_failures_and_closes_on_a_good_probe() -> None:
     backend_up = threading.Event()
 
