@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reproduce the committed models from scratch: prepare the data, train, export and evaluate every
 # model. Each step is resumable: rerunning skips finished work (prepared data is cached, training
-# resumes from runs/<name>/last.pt and stops at its budget). About 3 hours on two CPU cores;
+# resumes from runs/<name>/last.pt and stops at its budget). About 3.5 hours on two CPU cores;
 # PROFILE=gpu runs the U-Net schedule with the GPU profile (training/schedule.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
