@@ -24,7 +24,7 @@ fewest pixels. Two buckets give at most four input shapes for every image size, 
 builds its engines and cuDNN picks its algorithms once, at warm-up, and requests of different
 sizes share batches. The price: an image padded to its bucket shows the model its mirror image
 (``TilePlan.mirror``) past its far borders, where exact sizes show it the model's own zero
-padding, so the outputs differ within a receptive field of those two borders (by +0.001 to
+padding, so the outputs differ within a receptive field of those two borders (by +0.003 to
 +0.022 dB on the unseen-source images, docs/BENCHMARKS.md), and a CPU computes the padding too.
 So buckets are for engines that pay per shape, not the default on a CPU.
 
@@ -69,8 +69,8 @@ class TilePlan:
     def mirror(self) -> str:
         """How the image is padded: exact sizes pad at most a grid step, by reflection, as the
         service always has. Buckets pad up to half a tile: the edge pixel repeated scored best
-        there on the unseen-source images (symmetric +0.001 to +0.022 dB against exact sizes,
-        reflect -0.009 to -0.035, edge -0.007 to -0.035, zero -0.014 to -0.72: bench.tile_buckets)."""
+        there on the unseen-source images (symmetric +0.003 to +0.022 dB against exact sizes,
+        reflect -0.009 to -0.035, edge -0.019 to -0.035, zero -0.015 to -0.72: bench.tile_buckets)."""
         return "symmetric" if self.buckets else "reflect"
 
     @property
