@@ -42,7 +42,12 @@ async def _serve_when_the_backend_answers(
     one rollout start in any order) becomes ready without a restart."""
     while registry.pending:
         await anyio.sleep(settings.inference_probe_interval_s)
-        loaded = await anyio.to_thread.run_sync(load_pending, registry, settings)
+        try:
+            loaded = await anyio.to_thread.run_sync(load_pending, registry, settings)
+        except Exception as error:  # noqa: BLE001 - a bug here must not take the serving process down
+            logger.error("asking the inference backend about its models failed (%s); trying again",
+                         type(error).__name__)
+            continue
         pipeline.add_models(loaded)
         telemetry.describe_registry(registry)
 
