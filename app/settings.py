@@ -74,6 +74,26 @@ def _comma_list(value: object) -> object:
     return value
 
 
+def _keys_from_file(data: Any, field: str) -> tuple[str, ...] | None:
+    """The keys in the file that ``<field>_file`` names (lines that are not blank or # comments),
+    or None where it is not set. Refuses the file set beside ``field``, unreadable, or empty."""
+    if not isinstance(data, dict) or not data.get(f"{field}_file"):
+        return None
+    variable = f"DENOISE_{field.upper()}"
+    if data.get(field):
+        raise ValueError(f"set {variable} or {variable}_FILE, not both")
+    path = Path(data[f"{field}_file"])
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        reason = getattr(error, "strerror", None) or type(error).__name__
+        raise ValueError(f"{field}_file {path} cannot be read ({reason})") from None
+    keys = tuple(line.strip() for line in lines if line.strip() and not line.strip().startswith("#"))
+    if not keys:
+        raise ValueError(f"{field}_file {path} holds no key")
+    return keys
+
+
 class Settings(BaseSettings):
     # hide_input_in_errors: a refused setting is named, never echoed (it may sit beside an API key).
     model_config = SettingsConfigDict(
@@ -447,39 +467,16 @@ class Settings(BaseSettings):
     @model_validator(mode="before")
     @classmethod
     def _read_inference_api_key_file(cls, data: Any) -> Any:
-        if not isinstance(data, dict) or not data.get("inference_api_key_file"):
-            return data
-        if data.get("inference_api_key"):
-            raise ValueError("set DENOISE_INFERENCE_API_KEY or DENOISE_INFERENCE_API_KEY_FILE, not both")
-        path = Path(data["inference_api_key_file"])
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as error:
-            reason = getattr(error, "strerror", None) or type(error).__name__
-            raise ValueError(f"inference_api_key_file {path} cannot be read ({reason})") from None
-        keys = [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
-        if not keys:
-            raise ValueError(f"inference_api_key_file {path} holds no key")
-        return {**data, "inference_api_key": keys[0]}
+        # The file's first key becomes inference_api_key, so the rest of the service reads one field.
+        keys = _keys_from_file(data, "inference_api_key")
+        return data if keys is None else {**data, "inference_api_key": keys[0]}
 
     @model_validator(mode="before")
     @classmethod
     def _read_api_keys_file(cls, data: Any) -> Any:
         # The file's keys become api_keys, so the rest of the service reads one field.
-        if not isinstance(data, dict) or not data.get("api_keys_file"):
-            return data
-        if data.get("api_keys"):
-            raise ValueError("set DENOISE_API_KEYS or DENOISE_API_KEYS_FILE, not both")
-        path = Path(data["api_keys_file"])
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as error:
-            reason = getattr(error, "strerror", None) or type(error).__name__
-            raise ValueError(f"api_keys_file {path} cannot be read ({reason})") from None
-        keys = tuple(line.strip() for line in lines if line.strip() and not line.strip().startswith("#"))
-        if not keys:
-            raise ValueError(f"api_keys_file {path} holds no key")
-        return {**data, "api_keys": keys}
+        keys = _keys_from_file(data, "api_keys")
+        return data if keys is None else {**data, "api_keys": keys}
 
     @model_validator(mode="after")
     def _check_unknown_variables(self) -> Settings:
