@@ -30,19 +30,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app.inference.card import CARD_FILENAME, ModelCard, read_card
-from app.inference.tiling import TilePlan
+from app.inference.plan import tile_plan
 from app.settings import DEFAULT_MODELS_DIR, Settings
 
 MODEL_VERSION = "1"
 CONFIG_FILENAME = "config.pbtxt"
 
 # The service's own defaults, so that the repository fits front ends run as shipped: Triton's
-# batches are the service's micro-batches (DENOISE_BATCH_MAX_SIZE) and the warm-up shape is the
-# service's tile (DENOISE_TILE_SIZE, grown and rounded for each model as the tile plan does).
+# batches are the service's micro-batches (DENOISE_BATCH_MAX_SIZE) and the warm-up shapes are the
+# service's tiles (DENOISE_TILE_SIZE and its buckets, from the service's own tile plan).
 _SERVICE = Settings.model_fields
 SERVICE_BATCH_MAX_SIZE: int = _SERVICE["batch_max_size"].default
 SERVICE_TILE_SIZE: int = _SERVICE["tile_size"].default
-SERVICE_TILE_OVERLAP: int = _SERVICE["tile_overlap"].default
 
 
 def _bound(field: str, name: str) -> int:
@@ -94,16 +93,10 @@ def preferred_batch_sizes(max_batch_size: int) -> list[int]:
 def warmup_shapes(card: ModelCard, tile_size: int) -> list[tuple[int, int]]:
     """The tile shapes a front end sends this model: with an inference backend, DENOISE_TILE_BUCKETS
     'auto' pads every tile to half the tile size or the tile size, on the model's pooling grid
-    (the plan grows the tile where the model's margins would not fit)."""
-    plan = TilePlan.for_model(
-        tile_size=tile_size,
-        receptive_field=card.receptive_field,
-        blend=SERVICE_TILE_OVERLAP,
-        multiple=card.spatial_multiple,
-        batch=1,
-        smaller_buckets=(tile_size // 2,),
-    )
-    return plan.bucket_shapes()
+    (the plan grows the tile where the model's margins would not fit). The service's own plan,
+    with its defaults and this tile size."""
+    service = Settings.model_construct(tile_size=tile_size)  # defaults, not this shell's DENOISE_*
+    return tile_plan(card, service, on_gpu=True).bucket_shapes()
 
 
 def _dynamic_batching(options: TritonOptions) -> list[str]:
