@@ -108,7 +108,7 @@ class Denoiser:
         channels = self.model.card.input.channels
         shapes: list[tuple[int, ...]] = []
         for rows, cols in self.plan.bucket_shapes():
-            most = most_tiles_per_call(self.plan, self.settings, rows, cols)
+            most = most_tiles_per_call(self.settings, rows, cols)
             for count in sorted({1, most}):
                 shape = (count, channels, rows, cols)
                 self.run_model(np.zeros(shape, np.float32))

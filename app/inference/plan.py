@@ -25,7 +25,7 @@ def tile_plan(card: ModelCard, settings: Settings, on_gpu: bool) -> TilePlan:
     )
 
 
-def most_tiles_per_call(plan: TilePlan, settings: Settings, rows: int, cols: int) -> int:
+def most_tiles_per_call(settings: Settings, rows: int, cols: int) -> int:
     """The largest batch of ``rows`` x ``cols`` tiles one call may hold, requests together (the
     micro-batcher's limits)."""
     return max(1, min(settings.batch_max_size, settings.call_pixels // (rows * cols)))
@@ -37,9 +37,9 @@ def tensorrt_profile(card: ModelCard, plan: TilePlan, settings: Settings) -> dic
     smallest shape is the model's own multiple, since any image size may come."""
     name, channels = card.input.name, card.input.channels
     smallest = plan.buckets[0] if plan.buckets else plan.multiple
-    batch = most_tiles_per_call(plan, settings, plan.tile, plan.tile)
+    batch = most_tiles_per_call(settings, plan.tile, plan.tile)
     # Each dimension's bounds hold for every shape: most tiles of the smallest side in a call.
-    most = most_tiles_per_call(plan, settings, smallest, smallest)
+    most = most_tiles_per_call(settings, smallest, smallest)
 
     def shape(count: int, side: int) -> str:
         return f"{name}:{count}x{channels}x{side}x{side}"
