@@ -26,7 +26,12 @@ from app.allocator import return_freed_memory
 from app.errors import ModelNotFound, ModelUnavailable
 from app.inference.card import CARD_FILENAME, ModelCard, read_card
 from app.inference.plan import tensorrt_profile, tile_plan
-from app.inference.remote import BackendRefusedKey, RemoteBackend, TensorNames, check_metadata
+from app.inference.remote import (
+    BackendRefusedKey,
+    RemoteBackend,
+    TensorNames,
+    check_metadata,
+)
 from app.inference.working_memory import (
     ASSUMED,
     REMOTE,
@@ -415,18 +420,9 @@ def load_registry(settings: Settings) -> ModelRegistry:
         relative = str(card_dir.relative_to(root))
         try:
             model = _load_one(card_dir, settings, providers, options, remote)
-        except ValidationError as error:
-            fields = ", ".join(".".join(map(str, e["loc"])) for e in error.errors())
-            registry.unserved.append(UnservedModel(relative, f"card.json is invalid ({fields})"))
-            continue
-        except (OSError, ValueError) as error:
-            registry.unserved.append(
-                UnservedModel(relative, f"card.json unreadable ({type(error).__name__})")
-            )
-            continue
-        except _Refused as refused:
-            registry.unserved.append(UnservedModel(relative, str(refused), refused.model_id))
-            if isinstance(refused, _Unreachable):
+        except (_Refused, OSError, ValueError) as error:
+            registry.unserved.append(_unserved(relative, error))
+            if isinstance(error, _Unreachable):
                 registry.pending.append(card_dir)
             continue
         if model.card.id in registry.models:
@@ -454,6 +450,16 @@ def load_registry(settings: Settings) -> ModelRegistry:
     return registry
 
 
+def _unserved(relative: str, error: Exception) -> UnservedModel:
+    """What /readyz and /v1/models say of the card at ``relative`` that ``_load_one`` refused."""
+    if isinstance(error, ValidationError):
+        fields = ", ".join(".".join(map(str, e["loc"])) for e in error.errors())
+        return UnservedModel(relative, f"card.json is invalid ({fields})")
+    if isinstance(error, _Refused):
+        return UnservedModel(relative, str(error), error.model_id)
+    return UnservedModel(relative, f"card.json unreadable ({type(error).__name__})")
+
+
 def load_pending(registry: ModelRegistry, settings: Settings) -> list[LoadedModel]:
     """Ask the backend again about the models it could not be asked about at start-up (it may
     start after this service, as pods of one Deployment do). Each one it now answers for is
@@ -466,15 +472,16 @@ def load_pending(registry: ModelRegistry, settings: Settings) -> list[LoadedMode
             model = _load_one(card_dir, settings, registry.requested_providers, session_options(settings), registry.remote)
         except _Unreachable:
             continue
-        except (_Refused, ValidationError, OSError, ValueError) as error:
-            reason, model = str(error), None
+        except (_Refused, OSError, ValueError) as error:
+            refused: UnservedModel | None = _unserved(relative, error)
         else:
-            reason = "duplicate model id" if model.card.id in registry.models else None
+            duplicate = model.card.id in registry.models
+            refused = UnservedModel(relative, "duplicate model id", model.card.id) if duplicate else None
         registry.pending.remove(card_dir)
         registry.unserved = [u for u in registry.unserved if u.path != relative]
-        if reason is not None or model is None:
-            logger.warning("model %s not served: %s", relative, reason)
-            registry.unserved.append(UnservedModel(relative, reason or "not served"))
+        if refused is not None:
+            logger.warning("model %s not served: %s", relative, refused.reason)
+            registry.unserved.append(refused)
             continue
         registry.models[model.card.id] = model
         loaded.append(model)
